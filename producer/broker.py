@@ -1,0 +1,91 @@
+"""The Celery application's configuration, in one place, and publishing chunk tasks.
+
+Both sides build their app here: the producer to publish, the worker to consume.
+Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from celery import Celery
+
+from .config import Settings
+from .constants import DEFAULT_QUEUE, TASK_FINALIZE, TASK_REDUCE
+from .errors import ConfigError
+from .messages import JobSpec
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings: JSON only, late acks, one message per process, fast redelivery."""
+    return {
+        "broker_url": settings.redis_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": 5,
+        # visibility_timeout: a message taken by a worker that died is handed out again
+        # after this long. The sweep that restores it runs on every worker at most every
+        # unacked_restore_interval seconds (kombu's default scans every 10 x 10 s), so a lost chunk
+        # comes back within about visibility_timeout + restore_interval.
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout,
+            "unacked_restore_interval": settings.restore_interval,
+            "unacked_restore_throttle": 1,
+            "socket_connect_timeout": 5,
+        },
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": DEFAULT_QUEUE,
+        "task_create_missing_queues": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": False,
+        "worker_hijack_root_logger": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+    }
+
+
+def make_app(settings: Settings, include: Iterable[str] = ()) -> Celery:
+    app = Celery("framestats", include=list(include))
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def check_safe(app: Celery) -> None:
+    """Refuse a configuration that would accept pickle (code execution from the queue)."""
+    accepted = {str(c).lower() for c in (app.conf.accept_content or [])}
+    serializers = {str(app.conf.task_serializer).lower(), str(app.conf.result_serializer).lower()}
+    unsafe = {c for c in accepted | serializers if "pickle" in c or "yaml" in c or "msgpack" in c}
+    if unsafe or accepted - {"json", "application/json"}:
+        raise ConfigError(
+            f"unsafe Celery configuration: accept_content={sorted(accepted)}; only JSON is allowed"
+        )
+
+
+def publish(app: Celery, spec: JobSpec, indices: Iterable[int]) -> int:
+    """Send one reduce task per chunk index over one connection; returns how many."""
+    sent = 0
+    with app.producer_or_acquire() as producer:
+        for index in indices:
+            app.send_task(
+                TASK_REDUCE,
+                args=[spec.chunk(index).to_json()],
+                queue=spec.queue,
+                producer=producer,
+            )
+            sent += 1
+    return sent
+
+
+def publish_finalize(app: Celery, spec: JobSpec) -> None:
+    app.send_task(
+        TASK_FINALIZE,
+        args=[{"job_id": spec.job_id, "manifest": spec.manifest_path}],
+        queue=spec.queue,
+    )

@@ -1,0 +1,218 @@
+"""The ``producer`` command line: parse, validate, delegate. Never imports torch.
+
+Heavy modules (h5py, numpy, celery, redis) are imported inside the commands so that
+``producer --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+from .config import Settings
+from .errors import FramestatsError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(fn: F) -> F:
+    """Turn project errors into one line on stderr and the error's exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FramestatsError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except ValueError as exc:  # configuration values from the environment
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="producer")
+def cli() -> None:
+    """Plan, submit and watch framestats jobs (per-frame statistics of HDF5 image stacks)."""
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option(
+    "--mask", "mask", required=True, help="Mask .npy: boolean (one region) or integer labels 1..K."
+)
+@click.option(
+    "--dataset",
+    default=None,
+    help="Dataset path (default /entry/data/data, else the only 3-D dataset).",
+)
+@click.option("--output", "-o", default=None, help="Output HDF5 (default INPUT.reduced.h5).")
+@click.option(
+    "--stats",
+    default="sum,mean",
+    show_default=True,
+    help="Comma-separated: sum,mean,count,min,max,std.",
+)
+@click.option(
+    "--chunk-frames", type=int, default=None, help="Frames per task (rounded to the HDF5 chunking)."
+)
+@click.option(
+    "--queue", default="framestats", show_default=True, help="Celery queue for the tasks."
+)
+@click.option(
+    "--wait", is_flag=True, help="Show progress and exit 0 only once the output is complete."
+)
+@click.option(
+    "--overwrite", is_flag=True, help="Replace an existing output (and any unfinished job for it)."
+)
+@handle_errors
+def submit(
+    inputs: tuple[str, ...],
+    mask: str,
+    dataset: str | None,
+    output: str | None,
+    stats: str,
+    chunk_frames: int | None,
+    queue: str,
+    wait: bool,
+    overwrite: bool,
+) -> None:
+    """Queue a job computing per-frame statistics of INPUTS inside MASK."""
+    from .submit import SubmitRequest
+    from .submit import submit as do_submit
+
+    request = SubmitRequest(
+        inputs=inputs,
+        mask=mask,
+        dataset=dataset,
+        output=output,
+        stats=stats,  # type: ignore[arg-type]
+        chunk_frames=chunk_frames,
+        queue=queue,
+        overwrite=overwrite,
+    )
+    cfg = settings()
+    prepared = do_submit(request, cfg)
+    spec = prepared.spec
+    if prepared.plan.note:
+        click.echo(f"note: {prepared.plan.note}", err=True)
+    click.echo(spec.job_id)
+    click.echo(
+        f"queued {spec.n_chunks} chunks of {spec.chunk_frames} frames "
+        f"({spec.n_frames} frames, {spec.n_regions} regions) -> {spec.output}",
+        err=True,
+    )
+    if wait:
+        sys.exit(_wait(cfg, spec.job_id, spec.output))
+
+
+def _wait(cfg: Settings, job_id: str, output: str) -> int:
+    from . import jobs
+    from .progress import follow
+
+    client = jobs.connect(cfg.redis_url)
+    try:
+        final = follow(client, job_id)
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped watching; job {job_id} keeps running", err=True)
+        return 130
+    state = final.get("state")
+    if state == "done":
+        click.echo(f"done: {output}", err=True)
+        return 0
+    click.echo(
+        f"error: job {job_id} {state}: {final.get('reason', 'no reason recorded')}", err=True
+    )
+    return 1
+
+
+@cli.command()
+@click.argument("target")
+@click.option("--wait", is_flag=True, help="Follow the job until it ends.")
+@handle_errors
+def resume(target: str, wait: bool) -> None:
+    """Queue again the chunks of JOB (id or OUTPUT.h5) that have no committed result."""
+    from .resume import resume as do_resume
+
+    cfg = settings()
+    spec, queued = do_resume(target, cfg)
+    click.echo(spec.job_id)
+    click.echo(f"resumed: {queued} of {spec.n_chunks} chunks queued again", err=True)
+    if wait:
+        sys.exit(_wait(cfg, spec.job_id, spec.output))
+
+
+@cli.command()
+@click.argument("job_id")
+@handle_errors
+def cancel(job_id: str) -> None:
+    """Cancel JOB: queued chunks are skipped, running ones finish, no output is written."""
+    from .resume import cancel as do_cancel
+
+    if do_cancel(job_id, settings()):
+        click.echo(f"cancelled {job_id}")
+    else:
+        click.echo(f"job {job_id} had already finished; nothing to cancel", err=True)
+
+
+@cli.command()
+@click.argument("job_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@handle_errors
+def status(job_id: str | None, as_json: bool) -> None:
+    """Recent jobs, queues and workers; or one JOB in detail."""
+    from . import jobs
+
+    cfg = settings()
+    client = jobs.connect(cfg.redis_url)
+    jobs.ping(client, cfg.redis_url_redacted)
+    if job_id:
+        data = jobs.get(client, job_id)
+        if not data:
+            from .errors import JobNotFound
+
+            raise JobNotFound(f"job {job_id} is not known to Redis")
+        data["chunks_done"] = str(jobs.chunks_done(client, job_id))
+        if as_json:
+            click.echo(json.dumps(data, indent=1))
+        else:
+            for key in sorted(data):
+                click.echo(f"{key:>14}: {data[key]}")
+        return
+    rows = jobs.recent(client)
+    if as_json:
+        click.echo(json.dumps({"jobs": rows}, indent=1))
+        return
+    for row in rows:
+        click.echo(
+            f"{row['id']}  {row['state']:<10} {row['chunks_done']}/{row['n_chunks']}  {row.get('input', '')}"
+        )
+
+
+@cli.command()
+@click.option(
+    "--folder", default="demo-data", show_default=True, help="Where the sample data and output go."
+)
+@click.option("--frames", default=400, show_default=True, help="Frames in the sample stack.")
+@handle_errors
+def demo(folder: str, frames: int) -> None:
+    """Make a sample stack and mask, run one real job on it, print where the result is."""
+    from .demo import run_demo
+
+    sys.exit(run_demo(folder, frames, settings()))
+
+
+def main() -> None:
+    cli(prog_name="producer")

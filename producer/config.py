@@ -1,0 +1,104 @@
+"""One typed configuration object; the environment is read here and nowhere else."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .constants import DEFAULT_REDIS_URL
+
+_PASSWORD_IN_URL = re.compile(r"^(?P<scheme>[a-z+]+://)(?P<user>[^:@/]*):(?P<password>[^@/]*)@")
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by '***', for logs, status output and provenance."""
+    return _PASSWORD_IN_URL.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of the system, with its default.
+
+    Environment variables (all optional): ``REDIS_URL``, ``DATA_ROOT`` (colon-separated
+    folders workers may read and write), ``FRAMESTATS_WINDOW``, ``FRAMESTATS_TASK_MIB``,
+    ``FRAMESTATS_VISIBILITY_TIMEOUT``, ``FRAMESTATS_MAX_DELIVERIES``,
+    ``FRAMESTATS_MAX_RETRIES``, ``FRAMESTATS_RETRY_BACKOFF``, ``FRAMESTATS_HEARTBEAT``,
+    ``FRAMESTATS_WORKER_TIMEOUT``, ``FRAMESTATS_FINALIZE_LOCK_TTL``, ``FRAMESTATS_DEVICE``.
+    """
+
+    #: Broker and job-state store; may carry a password (redis://:pw@host/0, rediss://).
+    redis_url: str = DEFAULT_REDIS_URL
+    #: Folders workers may open; empty means unrestricted (the worker warns at start).
+    data_root: tuple[str, ...] = ()
+    #: Chunk tasks kept queued per job; workers top the window up as chunks finish.
+    window: int = 64
+    #: Target uncompressed bytes per chunk task when --chunk-frames is not given.
+    task_bytes: int = 128 * 1024 * 1024
+    #: Seconds before Redis hands an unacknowledged message to another worker.
+    visibility_timeout: int = 45
+    #: How often (s) workers sweep for unacknowledged messages to restore.
+    restore_interval: float = 5.0
+    #: Deliveries of one chunk (crash-loop guard) before the job fails naming it.
+    max_deliveries: int = 5
+    #: Retries of a chunk after a transient error, with exponential backoff.
+    max_retries: int = 3
+    #: First retry delay in seconds (doubles each retry).
+    retry_backoff: float = 1.0
+    #: Seconds between worker heartbeats.
+    heartbeat: float = 5.0
+    #: A worker with no heartbeat for this long leaves `producer workers`.
+    worker_timeout: float = 30.0
+    #: Seconds a finalize lock outlives a finalizer that died holding it.
+    finalize_lock_ttl: int = 120
+    #: Device for the kernel: auto, cpu, cuda, cuda:N.
+    device: str = "auto"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Settings from ``env`` (default ``os.environ``), then explicit overrides."""
+        env = os.environ if env is None else env
+        roots = tuple(p for p in env.get("DATA_ROOT", "").split(":") if p)
+        values: dict[str, object] = dict(
+            redis_url=env.get("REDIS_URL") or DEFAULT_REDIS_URL,
+            data_root=roots,
+            window=_int(env, "FRAMESTATS_WINDOW", cls.window),
+            task_bytes=_int(env, "FRAMESTATS_TASK_MIB", cls.task_bytes >> 20) << 20,
+            visibility_timeout=_int(env, "FRAMESTATS_VISIBILITY_TIMEOUT", cls.visibility_timeout),
+            restore_interval=_float(env, "FRAMESTATS_RESTORE_INTERVAL", cls.restore_interval),
+            max_deliveries=_int(env, "FRAMESTATS_MAX_DELIVERIES", cls.max_deliveries),
+            max_retries=_int(env, "FRAMESTATS_MAX_RETRIES", cls.max_retries),
+            retry_backoff=_float(env, "FRAMESTATS_RETRY_BACKOFF", cls.retry_backoff),
+            heartbeat=_float(env, "FRAMESTATS_HEARTBEAT", cls.heartbeat),
+            worker_timeout=_float(env, "FRAMESTATS_WORKER_TIMEOUT", cls.worker_timeout),
+            finalize_lock_ttl=_int(env, "FRAMESTATS_FINALIZE_LOCK_TTL", cls.finalize_lock_ttl),
+            device=env.get("FRAMESTATS_DEVICE") or cls.device,
+        )
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def redis_url_redacted(self) -> str:
+        """The broker URL without its password."""
+        return redact_url(self.redis_url)

@@ -1,0 +1,89 @@
+"""Names shared by the producer and the workers: Redis keys, queues, task names, defaults.
+
+Every Redis key the project writes starts with ``KEY_PREFIX``; nothing else in the
+code base spells a key by hand.
+"""
+
+from __future__ import annotations
+
+#: Statistics a job can ask for, in the order they are written to the output.
+STATS: tuple[str, ...] = ("sum", "mean", "count", "min", "max", "std")
+#: Statistics computed when ``--stats`` is not given.
+DEFAULT_STATS: tuple[str, ...] = ("sum", "mean")
+#: Dataset path of the NeXus / Dectris Eiger convention, preferred when present.
+NEXUS_DATASET = "/entry/data/data"
+#: Queue that chunk tasks go to unless ``--queue`` names another.
+DEFAULT_QUEUE = "framestats"
+#: Redis URL used when ``REDIS_URL`` is unset.
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+#: Celery task names (stable: they travel inside messages).
+TASK_REDUCE = "framestats.reduce_chunk"
+TASK_FINALIZE = "framestats.finalize_job"
+
+#: Prefix of every Redis key of this project.
+KEY_PREFIX = "fs:"
+#: Sorted set of job ids scored by submit time.
+JOBS_INDEX = KEY_PREFIX + "jobs"
+#: Sorted set of worker ids scored by last heartbeat time.
+WORKERS_INDEX = KEY_PREFIX + "workers"
+
+#: Name of the folder beside the output that holds a job's manifest and committed chunks.
+WORKDIR_SUFFIX = ".parts"
+#: File names inside the job folder.
+MANIFEST_NAME = "manifest.json"
+MASK_NAME = "mask.npy"
+CHUNKS_DIR = "chunks"
+
+
+def job_key(job_id: str) -> str:
+    """Hash with the job's parameters, state and counters."""
+    return f"{KEY_PREFIX}job:{job_id}"
+
+
+def job_done_key(job_id: str) -> str:
+    """Set of chunk indices whose result is committed."""
+    return f"{KEY_PREFIX}job:{job_id}:done"
+
+
+def job_pending_key(job_id: str) -> str:
+    """List of chunk indices not yet published (the window is topped up from it)."""
+    return f"{KEY_PREFIX}job:{job_id}:pending"
+
+
+def job_attempts_key(job_id: str) -> str:
+    """Hash chunk index -> deliveries seen, to stop a chunk that kills its worker."""
+    return f"{KEY_PREFIX}job:{job_id}:attempts"
+
+
+def job_errors_key(job_id: str) -> str:
+    """List of recent chunk errors (JSON), newest first."""
+    return f"{KEY_PREFIX}job:{job_id}:errors"
+
+
+def job_workers_key(job_id: str) -> str:
+    """Hash worker id -> frames computed for this job (per-worker share)."""
+    return f"{KEY_PREFIX}job:{job_id}:workers"
+
+
+def job_finalize_lock_key(job_id: str) -> str:
+    """Lock held by the one process that writes the job's output."""
+    return f"{KEY_PREFIX}job:{job_id}:finalize-lock"
+
+
+def job_keys(job_id: str) -> list[str]:
+    """Every key that belongs to one job."""
+    return [
+        job_key(job_id),
+        job_done_key(job_id),
+        job_pending_key(job_id),
+        job_attempts_key(job_id),
+        job_errors_key(job_id),
+        job_workers_key(job_id),
+        job_finalize_lock_key(job_id),
+    ]
+
+
+def worker_key(worker_id: str) -> str:
+    """Hash with one worker process's heartbeat and counters (expires when it stops)."""
+    return f"{KEY_PREFIX}worker:{worker_id}"

@@ -1,0 +1,235 @@
+"""Job state in Redis: the job hash, its chunk sets and counters.
+
+Redis holds state and counters, never bulk results; everything here can be rebuilt
+from the job folder (manifest + committed chunks) by ``resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+
+from . import constants as C
+from .errors import BrokerUnavailable
+from .messages import JobSpec, JobState
+
+#: A client made by ``connect`` (decode_responses=True). redis-py's annotations type every
+#: reply as ``bytes | str`` whatever the client, so the module types it loosely.
+Client = Any
+
+#: Publishing the pending list in slices keeps each Redis command small.
+_PUSH_BATCH = 10_000
+
+
+def connect(url: str, timeout: float = 5.0) -> Client:
+    """A client that gives up within ``timeout`` seconds instead of hanging."""
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=timeout,
+        socket_timeout=max(timeout, 10.0),
+        decode_responses=True,
+        health_check_interval=30,
+    )
+
+
+def ping(client: Client, url_redacted: str) -> None:
+    """Raise BrokerUnavailable (naming the URL) unless Redis answers."""
+    try:
+        client.ping()
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        raise BrokerUnavailable(url_redacted, str(exc) or type(exc).__name__) from exc
+    except redis.AuthenticationError as exc:
+        raise BrokerUnavailable(url_redacted, "authentication failed") from exc
+    except redis.ResponseError as exc:
+        raise BrokerUnavailable(url_redacted, str(exc)) from exc
+
+
+def create(client: Client, spec: JobSpec, pending: Iterable[int], done: Iterable[int] = ()) -> None:
+    """Write the job hash, its done set and its pending list (replacing any old state)."""
+    now = time.time()
+    done = list(done)
+    fields: dict[str, Any] = {
+        "id": spec.job_id,
+        "state": JobState.QUEUED.value,
+        "input": spec.segments[0].path
+        + (
+            f" (+{len({s.path for s in spec.segments}) - 1} files)"
+            if len({s.path for s in spec.segments}) > 1
+            else ""
+        ),
+        "dataset": spec.segments[0].dataset,
+        "output": spec.output,
+        "workdir": spec.workdir,
+        "manifest": spec.manifest_path,
+        "queue": spec.queue,
+        "stats": ",".join(spec.stats),
+        "n_chunks": spec.n_chunks,
+        "n_frames": spec.n_frames,
+        "frame_bytes": spec.frame_bytes,
+        "n_regions": spec.n_regions,
+        "created": spec.created,
+        "submitted": now,
+        "frames_done": 0,
+        "bytes_done": 0,
+        "chunks_failed": 0,
+    }
+    if done:
+        frames = sum(spec.boundaries[i + 1] - spec.boundaries[i] for i in done)
+        fields["frames_done"] = frames
+        fields["bytes_done"] = frames * spec.frame_bytes
+    pipe = client.pipeline(transaction=True)
+    pipe.delete(*C.job_keys(spec.job_id))
+    pipe.hset(C.job_key(spec.job_id), mapping=fields)
+    pipe.zadd(C.JOBS_INDEX, {spec.job_id: spec.created})
+    for i in range(0, len(done), _PUSH_BATCH):
+        pipe.sadd(C.job_done_key(spec.job_id), *done[i : i + _PUSH_BATCH])
+    pipe.execute()
+    push_pending(client, spec.job_id, pending)
+
+
+def push_pending(client: Client, job_id: str, indices: Iterable[int]) -> None:
+    items = list(indices)
+    pipe = client.pipeline(transaction=False)
+    for i in range(0, len(items), _PUSH_BATCH):
+        pipe.rpush(C.job_pending_key(job_id), *items[i : i + _PUSH_BATCH])
+    pipe.execute()
+
+
+def pop_pending(client: Client, job_id: str, count: int = 1) -> list[int]:
+    """Take up to ``count`` chunk indices off the pending list."""
+    got = client.lpop(C.job_pending_key(job_id), count)
+    return [int(x) for x in got] if got else []
+
+
+def get(client: Client, job_id: str) -> dict[str, str] | None:
+    data = client.hgetall(C.job_key(job_id))
+    return data or None
+
+
+def state(client: Client, job_id: str) -> JobState | None:
+    raw = client.hget(C.job_key(job_id), "state")
+    return JobState(raw) if raw else None
+
+
+def chunks_done(client: Client, job_id: str) -> int:
+    return int(client.scard(C.job_done_key(job_id)))
+
+
+def begin_chunk(client: Client, job_id: str, index: int) -> tuple[JobState | None, int]:
+    """Count one delivery of chunk ``index``; returns the job state and deliveries so far."""
+    pipe = client.pipeline(transaction=True)
+    pipe.hget(C.job_key(job_id), "state")
+    pipe.hincrby(C.job_attempts_key(job_id), str(index), 1)
+    raw, attempts = pipe.execute()
+    job_state = JobState(raw) if raw else None
+    if job_state is JobState.QUEUED:
+        # Only the first chunk moves the job on; a lost race rewrites the same value.
+        pipe = client.pipeline(transaction=True)
+        pipe.hset(C.job_key(job_id), "state", JobState.RUNNING.value)
+        pipe.hsetnx(C.job_key(job_id), "started", time.time())
+        pipe.execute()
+        job_state = JobState.RUNNING
+    return job_state, int(attempts)
+
+
+def commit_chunk(
+    client: Client, job_id: str, index: int, frames: int, nbytes: int, worker: str
+) -> int:
+    """Record chunk ``index`` as committed (idempotent); returns chunks done so far."""
+    if client.sadd(C.job_done_key(job_id), index):
+        pipe = client.pipeline(transaction=True)
+        pipe.hincrby(C.job_key(job_id), "frames_done", frames)
+        pipe.hincrby(C.job_key(job_id), "bytes_done", nbytes)
+        pipe.hincrby(C.job_workers_key(job_id), worker, frames)
+        pipe.hset(C.job_key(job_id), "last_progress", time.time())
+        pipe.execute()
+    return chunks_done(client, job_id)
+
+
+def record_error(
+    client: Client, job_id: str, index: int, frames: tuple[int, int], reason: str
+) -> None:
+    entry = json.dumps(
+        {"chunk": index, "frames": list(frames), "reason": reason, "time": time.time()}
+    )
+    pipe = client.pipeline(transaction=False)
+    pipe.lpush(C.job_errors_key(job_id), entry)
+    pipe.ltrim(C.job_errors_key(job_id), 0, 49)
+    pipe.execute()
+
+
+def errors(client: Client, job_id: str, limit: int = 10) -> list[dict[str, Any]]:
+    return [json.loads(e) for e in client.lrange(C.job_errors_key(job_id), 0, limit - 1)]
+
+
+def finish(client: Client, job_id: str, new_state: JobState, reason: str | None = None) -> bool:
+    """Move an unfinished job to a final state; False when it had already finished."""
+    key = C.job_key(job_id)
+    with client.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(key)
+                raw = pipe.hget(key, "state")
+                if raw and JobState(raw).finished and JobState(raw) is not new_state:
+                    pipe.unwatch()
+                    return False
+                pipe.multi()
+                fields: dict[str, Any] = {"state": new_state.value, "finished": time.time()}
+                if reason:
+                    fields["reason"] = reason
+                if new_state is JobState.FAILED:
+                    pipe.hincrby(key, "chunks_failed", 1)
+                pipe.hset(key, mapping=fields)
+                if new_state in (JobState.FAILED, JobState.CANCELLED):
+                    pipe.delete(C.job_pending_key(job_id))
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                continue
+
+
+def set_state(client: Client, job_id: str, new_state: JobState) -> None:
+    client.hset(C.job_key(job_id), "state", new_state.value)
+
+
+def acquire_finalize(client: Client, job_id: str, token: str, ttl: int) -> bool:
+    return bool(client.set(C.job_finalize_lock_key(job_id), token, nx=True, ex=ttl))
+
+
+def release_finalize(client: Client, job_id: str, token: str) -> None:
+    key = C.job_finalize_lock_key(job_id)
+    # Compare-and-delete so a finalizer whose lock expired cannot free another's.
+    client.eval(
+        "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
+        1,
+        key,
+        token,
+    )
+
+
+def delete(client: Client, job_id: str) -> None:
+    pipe = client.pipeline(transaction=True)
+    pipe.delete(*C.job_keys(job_id))
+    pipe.zrem(C.JOBS_INDEX, job_id)
+    pipe.execute()
+
+
+def recent(client: Client, limit: int = 50) -> list[dict[str, str]]:
+    """The newest ``limit`` jobs' hashes, newest first, with chunks_done added."""
+    ids = client.zrevrange(C.JOBS_INDEX, 0, limit - 1)
+    pipe = client.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hgetall(C.job_key(job_id))
+        pipe.scard(C.job_done_key(job_id))
+    raw = pipe.execute()
+    out = []
+    for i in range(0, len(raw), 2):
+        if raw[i]:
+            data = dict(raw[i])
+            data["chunks_done"] = str(raw[i + 1])
+            out.append(data)
+    return out

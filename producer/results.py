@@ -1,0 +1,185 @@
+"""Committed chunk results and the job's output file (numpy + h5py; no torch).
+
+A chunk's result is one small ``.npz`` beside the output, written under a temporary
+name, fsynced and renamed: a crash leaves either no file or a whole one, and a
+duplicate delivery rewrites the same bytes. Finalize reads them all, writes the output
+under a temporary name, fsyncs and renames it into place: the output path never holds
+a partial file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .constants import CHUNKS_DIR, MASK_NAME
+from .messages import JobSpec
+from .paths import chunk_path
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    index: int
+    start: int
+    stop: int
+    stats: dict[str, np.ndarray]
+    meta: dict[str, Any]
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str, write: Any) -> None:
+    """Call ``write(tmp_path)``, fsync the temporary file, rename it to ``path``."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(os.path.dirname(path) or ".")
+
+
+def write_chunk(workdir: str, result: ChunkResult) -> str:
+    """Commit one chunk's statistics; returns the committed path."""
+    path = chunk_path(workdir, result.index)
+    arrays = {
+        f"stat_{k}": np.ascontiguousarray(v, dtype=np.float64) for k, v in result.stats.items()
+    }
+    arrays["range"] = np.array([result.start, result.stop], dtype=np.int64)
+    arrays["meta"] = np.frombuffer(json.dumps(result.meta, sort_keys=True).encode(), dtype=np.uint8)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
+
+    write_atomic(path, write)
+    return path
+
+
+def read_chunk(workdir: str, index: int) -> ChunkResult:
+    with np.load(chunk_path(workdir, index), allow_pickle=False) as data:
+        start, stop = (int(x) for x in data["range"])
+        stats = {k[5:]: data[k] for k in data.files if k.startswith("stat_")}
+        meta = json.loads(bytes(data["meta"]).decode())
+    return ChunkResult(index=index, start=start, stop=stop, stats=stats, meta=meta)
+
+
+def committed(workdir: str) -> set[int]:
+    """Indices of the chunks whose result file is in place."""
+    folder = os.path.join(workdir, CHUNKS_DIR)
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return set()
+    return {int(n[:-4]) for n in names if n.endswith(".npz") and n[:-4].isdigit()}
+
+
+def is_committed(workdir: str, index: int) -> bool:
+    return os.path.exists(chunk_path(workdir, index))
+
+
+def output_job_id(path: str) -> str | None:
+    """The job id recorded in a complete output file, or None."""
+    try:
+        with h5py.File(path, "r") as f:
+            value = f.attrs.get("job_id")
+    except (OSError, FileNotFoundError):
+        return None
+    return (
+        value.decode() if isinstance(value, bytes) else (str(value) if value is not None else None)
+    )
+
+
+def finalize(spec: JobSpec, finished: float | None = None) -> dict[str, Any]:
+    """Assemble every committed chunk into the output file, atomically; returns a summary.
+
+    Raises FileNotFoundError naming the first missing chunk when the job is incomplete.
+    """
+    missing = [i for i in range(spec.n_chunks) if not os.path.exists(chunk_path(spec.workdir, i))]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} chunk results missing (first: chunk {missing[0]}) in {spec.workdir}"
+        )
+    labels = np.load(os.path.join(spec.workdir, MASK_NAME), allow_pickle=False)
+    counts = np.bincount(labels.ravel(), minlength=spec.n_regions + 1)[1:].astype(np.int64)
+    out = {s: np.empty((spec.n_frames, spec.n_regions), dtype=np.float64) for s in spec.stats}
+    devices: set[str] = set()
+    workers: set[str] = set()
+    started = spec.created
+    for i in range(spec.n_chunks):
+        chunk = read_chunk(spec.workdir, i)
+        if (chunk.start, chunk.stop) != (spec.boundaries[i], spec.boundaries[i + 1]):
+            raise ValueError(f"chunk {i} covers frames {chunk.start}-{chunk.stop}, expected others")
+        for s in spec.stats:
+            out[s][chunk.start : chunk.stop] = chunk.stats[s]
+        devices.add(str(chunk.meta.get("device", "?")))
+        workers.add(str(chunk.meta.get("worker", "?")))
+    frame_index = np.concatenate([seg.frame_index() for seg in spec.segments])
+    end = finished if finished is not None else time.time()
+    attrs = {
+        "job_id": spec.job_id,
+        "input_files": json.dumps(list(spec.inputs) or [s.to_json() for s in spec.segments]),
+        "input_file": spec.segments[0].path,
+        "dataset": spec.segments[0].dataset,
+        "mask_path": spec.mask_path,
+        "mask_sha256": spec.mask_sha256,
+        "masks": json.dumps(list(spec.masks)),
+        "statistics": ",".join(spec.stats),
+        "chunk_frames": spec.chunk_frames,
+        "n_chunks": spec.n_chunks,
+        "chunking": json.dumps(
+            {"frames_per_task": spec.chunk_frames, "boundaries_count": len(spec.boundaries)}
+        ),
+        "options": json.dumps(spec.options, sort_keys=True),
+        "package": "framestats",
+        "version": __version__,
+        "producer_version": spec.version,
+        "start_time": _iso(started),
+        "end_time": _iso(end),
+        "devices": ",".join(sorted(devices)),
+        "workers": ",".join(sorted(workers)),
+    }
+
+    def write(tmp: str) -> None:
+        with h5py.File(tmp, "w") as f:
+            grp = f.create_group("results")
+            for s in spec.stats:
+                grp.create_dataset(s, data=out[s])
+            grp.create_dataset("pixel_count", data=counts)
+            grp.create_dataset("frame_index", data=frame_index)
+            grp.attrs["statistics"] = ",".join(spec.stats)
+            for k, v in attrs.items():
+                f.attrs[k] = v
+
+    write_atomic(spec.output, write)
+    return {"output": spec.output, "frames": spec.n_frames, "regions": spec.n_regions}
+
+
+def cleanup(spec: JobSpec) -> None:
+    """Remove the job folder once the output is in place."""
+    shutil.rmtree(spec.workdir, ignore_errors=True)
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

@@ -1,0 +1,200 @@
+"""Submitting a job: validate everything, then write the job folder, Redis state, first tasks.
+
+Nothing is written or queued until every check has passed, so a bad input leaves no
+trace. The job folder (manifest + mask copy) is written before Redis state, and Redis
+state before any task, so every task refers to a manifest that exists.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import __version__, jobs, masks
+from .config import Settings
+from .constants import CHUNKS_DIR, DEFAULT_QUEUE, DEFAULT_STATS, MASK_NAME, STATS
+from .errors import OptionError, OutputError
+from .messages import JobSpec
+from .paths import check_allowed, workdir_for
+from .plan import Plan, plan
+from .results import write_atomic
+from .sources import Source, resolve
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    """What the user asked for, as parsed by the CLI."""
+
+    inputs: tuple[str, ...]
+    mask: str
+    dataset: str | None = None
+    output: str | None = None
+    stats: tuple[str, ...] = DEFAULT_STATS
+    chunk_frames: int | None = None
+    queue: str = DEFAULT_QUEUE
+    overwrite: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated job, ready to be written and queued."""
+
+    spec: JobSpec
+    labels: np.ndarray
+    plan: Plan
+    sources: list[Source]
+
+
+def parse_stats(text: str | Sequence[str]) -> tuple[str, ...]:
+    items = text.split(",") if isinstance(text, str) else list(text)
+    stats = tuple(dict.fromkeys(s.strip().lower() for s in items if s.strip()))
+    if not stats:
+        raise OptionError("no statistic given; choose from " + ",".join(STATS))
+    unknown = [s for s in stats if s not in STATS]
+    if unknown:
+        raise OptionError(f"unknown statistic {', '.join(unknown)}; choose from {','.join(STATS)}")
+    return tuple(s for s in STATS if s in stats)
+
+
+def default_output(first_input: str) -> str:
+    root, ext = os.path.splitext(first_input)
+    if ext.lower() not in (".h5", ".hdf5", ".hdf", ".nxs"):
+        root = first_input
+    if root.endswith("_master"):
+        root = root[: -len("_master")]
+    return root + ".reduced.h5"
+
+
+def check_output(output: str, overwrite: bool) -> None:
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        raise OutputError(f"output folder does not exist: {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder is not writable: {folder}")
+    if os.path.isdir(output):
+        raise OutputError(f"output path is a folder: {output}")
+    if os.path.exists(output) and not overwrite:
+        raise OutputError(f"output exists: {output} (pass --overwrite to replace it)")
+    workdir = workdir_for(output)
+    if os.path.exists(workdir) and not overwrite:
+        raise OutputError(
+            f"an unfinished job for {output} exists ({workdir}); "
+            f"continue it with 'producer resume {output}' or pass --overwrite"
+        )
+
+
+def prepare(request: SubmitRequest, settings: Settings) -> Prepared:
+    """Every check that needs no broker; raises a UserError subclass on the first problem."""
+    stats = parse_stats(request.stats)
+    if request.chunk_frames is not None and request.chunk_frames < 1:
+        raise OptionError(
+            f"--chunk-frames must be a positive number of frames, got {request.chunk_frames}"
+        )
+    if not request.queue or any(c.isspace() for c in request.queue):
+        raise OptionError(f"invalid queue name {request.queue!r}")
+    sources = resolve(request.inputs, request.dataset)
+    frame_shape = (int(sources[0].info.shape[1]), int(sources[0].info.shape[2]))
+    labels = masks.to_labels(masks.load_array(request.mask), request.mask)
+    n_regions = masks.check_fits(labels, frame_shape, request.mask)
+    output = os.path.abspath(request.output or default_output(request.inputs[0]))
+    check_output(output, request.overwrite)
+    if settings.data_root:
+        for src in sources:
+            check_allowed(src.segment.path, settings.data_root)
+        check_allowed(output, settings.data_root)
+    segments = [s.segment for s in sources]
+    the_plan = plan(
+        segments,
+        [s.info.frames_per_chunk for s in sources],
+        sources[0].info.frame_bytes,
+        settings.task_bytes,
+        request.chunk_frames,
+    )
+    job_id = uuid.uuid4().hex[:16]
+    spec = JobSpec(
+        job_id=job_id,
+        segments=tuple(
+            type(seg)(**{**seg.to_json(), "path": os.path.abspath(seg.path)}) for seg in segments
+        ),
+        frame_shape=frame_shape,
+        dtype=sources[0].info.dtype,
+        n_frames=sum(s.count for s in segments),
+        n_regions=n_regions,
+        stats=stats,
+        boundaries=the_plan.boundaries,
+        output=output,
+        workdir=workdir_for(output),
+        mask_path=os.path.abspath(request.mask),
+        mask_sha256=masks.sha256_file(request.mask),
+        queue=request.queue,
+        chunk_frames=the_plan.frames_per_task,
+        created=time.time(),
+        version=__version__,
+        inputs=tuple(
+            {
+                "file": os.path.abspath(s.segment.path),
+                "dataset": s.info.name,
+                "frames": [s.segment.start, s.segment.start + s.segment.count],
+            }
+            for s in sources
+        ),
+        masks=(
+            {
+                "path": os.path.abspath(request.mask),
+                "sha256": masks.sha256_file(request.mask),
+                "role": "regions",
+                "regions": n_regions,
+            },
+        ),
+        options=dict(request.options),
+    )
+    return Prepared(spec=spec, labels=labels, plan=the_plan, sources=sources)
+
+
+def write_workdir(spec: JobSpec, labels: np.ndarray, replace: bool) -> None:
+    """Create the job folder with the mask copy and the manifest (written last)."""
+    if replace and os.path.exists(spec.workdir):
+        shutil.rmtree(spec.workdir)
+    os.makedirs(os.path.join(spec.workdir, CHUNKS_DIR))
+
+    def save_mask(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            np.save(fh, labels.astype(np.int32))
+
+    def save_manifest(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(spec.dumps())
+
+    write_atomic(os.path.join(spec.workdir, MASK_NAME), save_mask)
+    write_atomic(spec.manifest_path, save_manifest)
+
+
+def enqueue(
+    spec: JobSpec, settings: Settings, client: Any, pending: Sequence[int], done: Sequence[int] = ()
+) -> int:
+    """Write the job's Redis state and publish the first window of tasks; returns tasks sent."""
+    from .broker import make_app, publish  # celery is imported only when publishing
+
+    jobs.create(client, spec, pending, done)
+    window = jobs.pop_pending(client, spec.job_id, settings.window)
+    app = make_app(settings)
+    return publish(app, spec, window)
+
+
+def submit(request: SubmitRequest, settings: Settings) -> Prepared:
+    """Validate, check the broker, write the job folder, queue the first window."""
+    prepared = prepare(request, settings)
+    client = jobs.connect(settings.redis_url)
+    jobs.ping(client, settings.redis_url_redacted)
+    spec = prepared.spec
+    write_workdir(spec, prepared.labels, replace=request.overwrite)
+    enqueue(spec, settings, client, range(spec.n_chunks))
+    return prepared

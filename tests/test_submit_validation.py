@@ -1,0 +1,240 @@
+"""Bad input: one line naming the problem, a non-zero exit, nothing queued, nothing written."""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from producer.cli import cli
+from producer.samples import detector_frames, write_stack
+
+
+@pytest.fixture
+def files(tmp_path):
+    frames = detector_frames(10, 6, 5, seed=2)
+    data = write_stack(str(tmp_path / "in.h5"), frames, form="gzip", chunk_frames=2)
+    np.save(tmp_path / "m.npy", np.ones((6, 5), bool))
+    return tmp_path, data, str(tmp_path / "m.npy")
+
+
+def snapshot(folder) -> set[str]:
+    return {os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs}
+
+
+def run_bad(folder, redis_url, redis_client, args, expect):
+    before_files = snapshot(folder)
+    before_keys = set(redis_client.keys("*"))
+    result = CliRunner().invoke(cli, args, env={"REDIS_URL": redis_url}, catch_exceptions=False)
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert expect in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    assert snapshot(folder) == before_files, "nothing written"
+    assert set(redis_client.keys("*")) == before_keys, "nothing queued"
+    return lines[0]
+
+
+def make(folder, name, maker):
+    path = str(folder / name)
+    maker(path)
+    return path
+
+
+CASES = {
+    "missing file": (lambda f, d, m: ["submit", str(f / "nope.h5"), "--mask", m], "not found"),
+    "not hdf5": (
+        lambda f, d, m: [
+            "submit",
+            make(f, "x.h5", lambda p: open(p, "w").write("hello")),
+            "--mask",
+            m,
+        ],
+        "not an HDF5 file",
+    ),
+    "truncated": (
+        lambda f, d, m: [
+            "submit",
+            make(f, "t.h5", lambda p: open(p, "wb").write(open(d, "rb").read()[:3000])),
+            "--mask",
+            m,
+        ],
+        "t.h5",
+    ),
+    "missing dataset": (
+        lambda f, d, m: ["submit", d, "--mask", m, "--dataset", "/nope"],
+        "dataset /nope not found",
+    ),
+    "2-D dataset": (
+        lambda f, d, m: [
+            "submit",
+            make(
+                f,
+                "two.h5",
+                lambda p: h5py.File(p, "w").create_dataset("x", data=np.zeros((4, 4))).file.close(),
+            ),
+            "--mask",
+            m,
+            "--dataset",
+            "/x",
+        ],
+        "2-D",
+    ),
+    "4-D dataset": (
+        lambda f, d, m: [
+            "submit",
+            make(
+                f,
+                "four.h5",
+                lambda p: (
+                    h5py.File(p, "w").create_dataset("x", data=np.zeros((2, 2, 6, 5))).file.close()
+                ),
+            ),
+            "--mask",
+            m,
+            "--dataset",
+            "/x",
+        ],
+        "4-D",
+    ),
+    "zero frames": (
+        lambda f, d, m: [
+            "submit",
+            make(
+                f,
+                "zero.h5",
+                lambda p: (
+                    h5py.File(p, "w").create_dataset("x", shape=(0, 6, 5), dtype="u2").file.close()
+                ),
+            ),
+            "--mask",
+            m,
+        ],
+        "zero frames",
+    ),
+    "mask wrong shape": (
+        lambda f, d, m: [
+            "submit",
+            d,
+            "--mask",
+            make(f, "w.npy", lambda p: np.save(p, np.ones((5, 6), bool))),
+        ],
+        "shape (5, 6)",
+    ),
+    "mask not 2-D": (
+        lambda f, d, m: [
+            "submit",
+            d,
+            "--mask",
+            make(f, "w.npy", lambda p: np.save(p, np.ones((2, 6, 5), bool))),
+        ],
+        "3-D",
+    ),
+    "float mask": (
+        lambda f, d, m: [
+            "submit",
+            d,
+            "--mask",
+            make(f, "w.npy", lambda p: np.save(p, np.full((6, 5), 0.5))),
+        ],
+        "non-integer",
+    ),
+    "empty mask": (
+        lambda f, d, m: [
+            "submit",
+            d,
+            "--mask",
+            make(f, "w.npy", lambda p: np.save(p, np.zeros((6, 5), bool))),
+        ],
+        "selects no pixel",
+    ),
+    "mask not npy": (
+        lambda f, d, m: [
+            "submit",
+            d,
+            "--mask",
+            make(f, "w.txt", lambda p: open(p, "w").write("1")),
+        ],
+        ".npy",
+    ),
+    "mask corrupt": (
+        lambda f, d, m: [
+            "submit",
+            d,
+            "--mask",
+            make(f, "w.npy", lambda p: open(p, "w").write("garbage")),
+        ],
+        "not a valid .npy",
+    ),
+    "mask missing": (
+        lambda f, d, m: ["submit", d, "--mask", str(f / "none.npy")],
+        "mask file not found",
+    ),
+    "unknown stat": (
+        lambda f, d, m: ["submit", d, "--mask", m, "--stats", "sum,median"],
+        "unknown statistic median",
+    ),
+    "chunk zero": (
+        lambda f, d, m: ["submit", d, "--mask", m, "--chunk-frames", "0"],
+        "--chunk-frames",
+    ),
+    "chunk negative": (
+        lambda f, d, m: ["submit", d, "--mask", m, "--chunk-frames", "-3"],
+        "--chunk-frames",
+    ),
+    "output exists": (
+        lambda f, d, m: [
+            "submit",
+            d,
+            "--mask",
+            m,
+            "--output",
+            make(f, "o.h5", lambda p: open(p, "w").write("")),
+        ],
+        "output exists",
+    ),
+    "output folder missing": (
+        lambda f, d, m: ["submit", d, "--mask", m, "--output", str(f / "no" / "o.h5")],
+        "output folder does not exist",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input(case, files, redis_url, redis_client):
+    folder, data, mask = files
+    build, expect = CASES[case]
+    args = build(folder, data, mask)
+    run_bad(folder, redis_url, redis_client, args, expect)
+
+
+def test_several_3d_datasets_are_listed(files, redis_url, redis_client):
+    folder, _, mask = files
+    path = str(folder / "multi.h5")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("a", data=np.zeros((2, 6, 5)))
+        f.create_dataset("b", data=np.zeros((2, 6, 5)))
+    line = run_bad(
+        folder, redis_url, redis_client, ["submit", path, "--mask", mask], "several 3-D datasets"
+    )
+    assert "/a" in line and "/b" in line
+
+
+def test_unreachable_redis_names_url_fast(files):
+    import time
+
+    folder, data, mask = files
+    before = snapshot(folder)
+    t0 = time.monotonic()
+    result = CliRunner().invoke(
+        cli, ["submit", data, "--mask", mask], env={"REDIS_URL": "redis://:secret@127.0.0.1:1/0"}
+    )
+    assert time.monotonic() - t0 < 5
+    assert result.exit_code == 3
+    assert "redis://:***@127.0.0.1:1/0" in result.output
+    assert "secret" not in result.output
+    assert snapshot(folder) == before

@@ -1,0 +1,104 @@
+"""Per-process cache of what a job needs: manifest, mask, open files, the reducer.
+
+Built on a job's first chunk in a process and reused for its other chunks, so the
+mask is loaded and moved to the device once per job per process.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from producer.constants import MASK_NAME
+from producer.errors import PermanentChunkError
+from producer.messages import ChunkTask, JobSpec
+from producer.paths import check_allowed
+
+from .reader import FrameReader
+
+#: Jobs kept warm per process; older ones are closed.
+MAX_JOBS = 4
+
+
+@dataclass
+class JobContext:
+    spec: JobSpec
+    labels: np.ndarray
+    reader: FrameReader
+    device: str
+    _reducer: Any = field(default=None, repr=False)
+
+    @property
+    def reducer(self) -> Any:
+        if self._reducer is None:
+            from .kernel import MaskedReducer  # torch is imported on first use only
+
+            self._reducer = MaskedReducer(self.labels, self.spec.stats, device=self.device)
+        return self._reducer
+
+    def compute(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Statistics of frames [start, stop): {stat: float64 (frames, K)}."""
+        out = {s: np.empty((stop - start, self.spec.n_regions)) for s in self.spec.stats}
+        for pos, block in self.reader.blocks(start, stop):
+            values = self.reducer.reduce(block)
+            for s in self.spec.stats:
+                out[s][pos - start : pos - start + len(block)] = values[s]
+        return out
+
+    def close(self) -> None:
+        self.reader.close()
+        self._reducer = None
+
+
+class JobCache:
+    """LRU of job contexts, keyed by job id."""
+
+    def __init__(self, data_root: tuple[str, ...], device: str) -> None:
+        self.data_root = data_root
+        self.device = device
+        self._jobs: OrderedDict[str, JobContext] = OrderedDict()
+
+    def get(self, task: ChunkTask) -> JobContext:
+        ctx = self._jobs.get(task.job_id)
+        if ctx is not None:
+            self._jobs.move_to_end(task.job_id)
+            return ctx
+        ctx = self.load(task.manifest, task.job_id)
+        self._jobs[task.job_id] = ctx
+        while len(self._jobs) > MAX_JOBS:
+            _, old = self._jobs.popitem(last=False)
+            old.close()
+        return ctx
+
+    def load(self, manifest: str, job_id: str) -> JobContext:
+        spec = load_spec(manifest, job_id, self.data_root)
+        labels = np.load(os.path.join(spec.workdir, MASK_NAME), allow_pickle=False)
+        if labels.shape != tuple(spec.frame_shape):
+            raise PermanentChunkError(f"mask copy in {spec.workdir} does not match the job")
+        reader = FrameReader(spec, self.data_root)
+        return JobContext(spec=spec, labels=labels, reader=reader, device=self.device)
+
+    def drop(self, job_id: str) -> None:
+        ctx = self._jobs.pop(job_id, None)
+        if ctx is not None:
+            ctx.close()
+
+
+def load_spec(manifest: str, job_id: str, data_root: tuple[str, ...]) -> JobSpec:
+    """The job's manifest, refusing any path outside DATA_ROOT (messages may be forged)."""
+    check_allowed(manifest, data_root)
+    try:
+        spec = JobSpec.load(manifest)
+    except FileNotFoundError as exc:
+        raise PermanentChunkError(f"job manifest not found: {manifest}") from exc
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PermanentChunkError(f"job manifest unreadable: {manifest}: {exc}") from exc
+    if spec.job_id != job_id:
+        raise PermanentChunkError(f"manifest {manifest} belongs to job {spec.job_id}, not {job_id}")
+    for path in [spec.output, spec.workdir, *(s.path for s in spec.segments)]:
+        check_allowed(path, data_root)
+    return spec

@@ -1,0 +1,93 @@
+"""Worker heartbeats in Redis, so `producer workers` needs no broadcast round trip.
+
+Each pool process owns one hash (``fs:worker:<node>:<pid>``) that expires when it stops
+beating, and a member in the workers index scored by its last beat.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+import redis
+
+from producer import constants as C
+
+
+class Heartbeat:
+    """One worker process's record: identity, device, counters, current chunk."""
+
+    def __init__(self, client: Any, node: str, device: str, timeout: float) -> None:
+        self.client = client
+        self.node = node
+        self.pid = os.getpid()
+        self.id = f"{node}:{self.pid}"
+        self.host = socket.gethostname()
+        self.device = device
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.fields: dict[str, Any] = {
+            "id": self.id,
+            "node": node,
+            "host": self.host,
+            "pid": self.pid,
+            "device": device,
+            "started": time.time(),
+            "chunks_done": 0,
+            "frames_done": 0,
+            "bytes_done": 0,
+            "busy_seconds": 0.0,
+            "current": "",
+        }
+
+    def beat(self, **changes: Any) -> None:
+        with self._lock:
+            self.fields.update(changes)
+            self.fields["last_seen"] = time.time()
+            fields = dict(self.fields)
+        key = C.worker_key(self.id)
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hset(key, mapping={k: str(v) for k, v in fields.items()})
+            pipe.expire(key, max(1, int(self.timeout)))
+            pipe.zadd(C.WORKERS_INDEX, {self.id: fields["last_seen"]})
+            pipe.execute()
+        except redis.RedisError:
+            pass  # a broker blip must not kill the worker; the next beat retries
+
+    def chunk_started(self, label: str) -> None:
+        self.beat(current=label)
+
+    def chunk_finished(self, frames: int, nbytes: int, seconds: float) -> None:
+        with self._lock:
+            self.fields["chunks_done"] += 1
+            self.fields["frames_done"] += frames
+            self.fields["bytes_done"] += nbytes
+            self.fields["busy_seconds"] += seconds
+        self.beat(current="")
+
+    def start(self, interval: float) -> None:
+        """Beat every ``interval`` seconds from a daemon thread."""
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                self.beat()
+
+        self.beat()
+        self._thread = threading.Thread(target=loop, name="heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.delete(C.worker_key(self.id))
+            pipe.zrem(C.WORKERS_INDEX, self.id)
+            pipe.execute()
+        except redis.RedisError:
+            pass

@@ -1,0 +1,202 @@
+"""Celery tasks: thin wiring of job state (Redis), reading + kernel (context), commit (results).
+
+A chunk task is idempotent: if its result is already committed it only records that;
+the commit is a rename, so a duplicate delivery never counts a chunk twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from producer import jobs, results
+from producer.broker import publish, publish_finalize
+from producer.config import Settings
+from producer.constants import TASK_FINALIZE, TASK_REDUCE
+from producer.errors import FramestatsError, PermanentChunkError, TransientChunkError, UserError
+from producer.messages import ChunkTask, JobState
+
+from .app import app
+from .context import JobCache, load_spec
+from .heartbeat import Heartbeat
+
+log = logging.getLogger("framestats.worker")
+
+
+@dataclass
+class Runtime:
+    """What one worker process holds: settings, Redis client, job cache, heartbeat."""
+
+    settings: Settings
+    client: Any
+    cache: JobCache
+    heartbeat: Heartbeat
+    device: str
+
+
+_runtime: Runtime | None = None
+
+
+def runtime(node: str | None = None) -> Runtime:
+    """This process's runtime, built on first use (after the fork, so CUDA is safe)."""
+    global _runtime
+    if _runtime is None or _runtime.heartbeat.pid != os.getpid():
+        settings = Settings.from_env()
+        from .kernel import resolve_device
+
+        device = resolve_device(settings.device)
+        label = str(device)
+        if device.type == "cuda":
+            import torch
+
+            props = torch.cuda.get_device_properties(device)
+            label = f"{device} ({props.name}, {props.total_memory / 2**30:.0f} GiB)"
+        else:
+            import torch
+
+            torch.set_num_threads(int(os.environ.get("FRAMESTATS_TORCH_THREADS", "1")))
+        client = jobs.connect(settings.redis_url)
+        hb = Heartbeat(
+            client,
+            node or os.environ.get("FRAMESTATS_NODE", "worker"),
+            label,
+            settings.worker_timeout,
+        )
+        _runtime = Runtime(
+            settings, client, JobCache(settings.data_root, str(device)), hb, str(device)
+        )
+        hb.start(settings.heartbeat)
+    return _runtime
+
+
+@worker_process_init.connect
+def _init_process(**_: Any) -> None:
+    runtime()
+
+
+@worker_process_shutdown.connect
+def _stop_process(**_: Any) -> None:
+    if _runtime is not None:
+        _runtime.heartbeat.stop()
+
+
+def fail_job(rt: Runtime, task: ChunkTask, reason: str) -> None:
+    text = f"chunk {task.index} (frames {task.start}-{task.stop}): {reason}"
+    log.error("job %s failed: %s", task.job_id, text)
+    jobs.record_error(rt.client, task.job_id, task.index, (task.start, task.stop), reason)
+    jobs.finish(rt.client, task.job_id, JobState.FAILED, text)
+    rt.cache.drop(task.job_id)
+
+
+@app.task(name=TASK_REDUCE, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def reduce_chunk(self: Task, payload: dict[str, Any]) -> str:
+    try:
+        task = ChunkTask.from_json(payload)
+    except ValueError as exc:
+        log.error("dropping malformed message: %s", exc)
+        return "malformed"
+    rt = runtime(self.request.hostname)
+    state, deliveries = jobs.begin_chunk(rt.client, task.job_id, task.index)
+    if state is None:
+        log.warning("job %s is unknown to Redis; dropping chunk %d", task.job_id, task.index)
+        return "unknown-job"
+    if state.finished:
+        return f"skipped ({state.value})"
+    if deliveries > rt.settings.max_deliveries:
+        fail_job(
+            rt,
+            task,
+            f"delivered {deliveries - 1} times without finishing (it may crash its worker)",
+        )
+        return "failed"
+    began = time.perf_counter()
+    try:
+        ctx = rt.cache.get(task)
+        frames = task.stop - task.start
+        if not results.is_committed(ctx.spec.workdir, task.index):
+            rt.heartbeat.chunk_started(f"{task.job_id}#{task.index}")
+            values = ctx.compute(task.start, task.stop)
+            meta = {"worker": rt.heartbeat.id, "device": rt.heartbeat.device}
+            results.write_chunk(
+                ctx.spec.workdir,
+                results.ChunkResult(task.index, task.start, task.stop, values, meta),
+            )
+    except (PermanentChunkError, UserError) as exc:
+        fail_job(rt, task, str(exc))
+        return "failed"
+    except (TransientChunkError, OSError) as exc:
+        retries = self.request.retries
+        jobs.record_error(rt.client, task.job_id, task.index, (task.start, task.stop), str(exc))
+        rt.cache.drop(task.job_id)  # reopen files on the next try
+        if retries < rt.settings.max_retries:
+            raise self.retry(exc=exc, countdown=rt.settings.retry_backoff * 2**retries) from exc
+        fail_job(rt, task, f"{exc} (after {retries + 1} tries)")
+        return "failed"
+    except FramestatsError as exc:
+        fail_job(rt, task, str(exc))
+        return "failed"
+    except Exception as exc:  # a bug or unexpected data must fail the job, not loop forever
+        log.exception("chunk %s#%d crashed", task.job_id, task.index)
+        fail_job(rt, task, f"{type(exc).__name__}: {exc}")
+        return "failed"
+    seconds = time.perf_counter() - began
+    spec = ctx.spec
+    done = jobs.commit_chunk(
+        rt.client, task.job_id, task.index, frames, frames * spec.frame_bytes, rt.heartbeat.id
+    )
+    rt.heartbeat.chunk_finished(frames, frames * spec.frame_bytes, seconds)
+    # Top the window up: one finished chunk releases one pending chunk.
+    if jobs.state(rt.client, task.job_id) in (JobState.QUEUED, JobState.RUNNING):
+        publish(self.app, spec, jobs.pop_pending(rt.client, task.job_id))
+    if done >= spec.n_chunks:
+        publish_finalize(self.app, spec)
+    return "done"
+
+
+@app.task(
+    name=TASK_FINALIZE, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None
+)
+def finalize_job(self: Task, payload: dict[str, Any]) -> str:
+    rt = runtime(self.request.hostname)
+    job_id = str(payload.get("job_id", ""))
+    try:
+        spec = load_spec(str(payload.get("manifest", "")), job_id, rt.settings.data_root)
+    except (PermanentChunkError, UserError) as exc:
+        log.error("finalize of job %s refused: %s", job_id, exc)
+        return "refused"
+    state = jobs.state(rt.client, job_id)
+    if state is None or state in (JobState.DONE, JobState.FAILED, JobState.CANCELLED):
+        return f"skipped ({state.value if state else 'unknown job'})"
+    if results.output_job_id(spec.output) == job_id:
+        # A finalizer died after the rename: the output is whole, only bookkeeping is left.
+        jobs.finish(rt.client, job_id, JobState.DONE)
+        results.cleanup(spec)
+        return "done"
+    if len(results.committed(spec.workdir)) < spec.n_chunks:
+        return "incomplete"
+    token = uuid.uuid4().hex
+    if not jobs.acquire_finalize(rt.client, job_id, token, rt.settings.finalize_lock_ttl):
+        # Someone holds the lock; if it died, the lock expires and this retry takes over.
+        raise self.retry(countdown=5)
+    try:
+        jobs.set_state(rt.client, job_id, JobState.FINALIZING)
+        rt.cache.drop(job_id)
+        try:
+            results.finalize(spec)
+        except OSError as exc:
+            jobs.finish(
+                rt.client, job_id, JobState.FAILED, f"cannot write output {spec.output}: {exc}"
+            )
+            return "failed"
+        jobs.finish(rt.client, job_id, JobState.DONE)
+        results.cleanup(spec)
+        return "done"
+    finally:
+        jobs.release_finalize(rt.client, job_id, token)
