@@ -119,21 +119,29 @@ def chunks_done(client: Client, job_id: str) -> int:
     return int(client.scard(C.job_done_key(job_id)))
 
 
+_BEGIN_CHUNK = """
+local state = redis.call('hget', KEYS[1], 'state')
+if not state then return {false, 0} end
+local n = redis.call('hincrby', KEYS[2], ARGV[1], 1)
+if state == 'queued' then
+  redis.call('hset', KEYS[1], 'state', 'running')
+  redis.call('hsetnx', KEYS[1], 'started', ARGV[2])
+  state = 'running'
+end
+return {state, n}
+"""
+
+
 def begin_chunk(client: Client, job_id: str, index: int) -> tuple[JobState | None, int]:
-    """Count one delivery of chunk ``index``; returns the job state and deliveries so far."""
-    pipe = client.pipeline(transaction=True)
-    pipe.hget(C.job_key(job_id), "state")
-    pipe.hincrby(C.job_attempts_key(job_id), str(index), 1)
-    raw, attempts = pipe.execute()
-    job_state = JobState(raw) if raw else None
-    if job_state is JobState.QUEUED:
-        # Only the first chunk moves the job on; a lost race rewrites the same value.
-        pipe = client.pipeline(transaction=True)
-        pipe.hset(C.job_key(job_id), "state", JobState.RUNNING.value)
-        pipe.hsetnx(C.job_key(job_id), "started", time.time())
-        pipe.execute()
-        job_state = JobState.RUNNING
-    return job_state, int(attempts)
+    """Count one delivery of chunk ``index`` (atomically, only for a known job).
+
+    Returns the job state (None when Redis does not know the job) and the deliveries
+    so far; the first chunk to start moves the job from queued to running.
+    """
+    raw, attempts = client.eval(
+        _BEGIN_CHUNK, 2, C.job_key(job_id), C.job_attempts_key(job_id), str(index), time.time()
+    )
+    return (JobState(raw) if raw else None), int(attempts)
 
 
 def commit_chunk(
