@@ -48,10 +48,51 @@ def cli() -> None:
     """Plan, submit and watch framestats jobs (per-frame statistics of HDF5 image stacks)."""
 
 
+def input_options(fn: F) -> F:
+    """Frame selection, mask conventions and value range of ``submit`` (docs/inputs.md)."""
+    options = [
+        click.option(
+            "--frames",
+            default=None,
+            help="START:STOP[:STEP] of the concatenated input frames (Python slice).",
+        ),
+        click.option(
+            "--mask-convention",
+            default="labels",
+            show_default=True,
+            help="labels: True / 1..K are regions; nexus: MASK is a NeXus pixel mask, "
+            "the region is where MASK & 0xFFFF == 0.",
+        ),
+        click.option("--invert", is_flag=True, help="Flip a boolean MASK."),
+        click.option(
+            "--exclude",
+            multiple=True,
+            help="Bad-pixel mask removed from every region (True, or value & 0xFFFF != 0); "
+            "repeatable.",
+        ),
+        click.option(
+            "--detector-mask/--no-detector-mask",
+            default=True,
+            help="Apply an Eiger master's pixel_mask and saturation value [default: on].",
+        ),
+        click.option(
+            "--valid-range",
+            default=None,
+            help="LO:HI: pixel values outside are excluded per frame, like NaN.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option(
-    "--mask", "mask", required=True, help="Mask .npy: boolean (one region) or integer labels 1..K."
+    "--mask",
+    "mask",
+    required=True,
+    help="Region mask: .npy, .tif/.png or FILE.h5:/dataset; boolean (one region) or labels 1..K.",
 )
 @click.option(
     "--dataset",
@@ -77,6 +118,7 @@ def cli() -> None:
 @click.option(
     "--overwrite", is_flag=True, help="Replace an existing output (and any unfinished job for it)."
 )
+@input_options
 @handle_errors
 def submit(
     inputs: tuple[str, ...],
@@ -88,8 +130,13 @@ def submit(
     queue: str,
     wait: bool,
     overwrite: bool,
+    **selection: Any,
 ) -> None:
-    """Queue a job computing per-frame statistics of INPUTS inside MASK."""
+    """Queue a job computing per-frame statistics of INPUTS inside MASK.
+
+    INPUTS: HDF5 files, glob patterns ('scan_*.h5') or Eiger *_master.h5 files, read in
+    sorted order as one sequence of frames.
+    """
     from .submit import SubmitRequest
     from .submit import submit as do_submit
 
@@ -102,6 +149,7 @@ def submit(
         chunk_frames=chunk_frames,
         queue=queue,
         overwrite=overwrite,
+        **selection,
     )
     cfg = settings()
     prepared = do_submit(request, cfg)

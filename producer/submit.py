@@ -25,7 +25,8 @@ from .messages import JobSpec
 from .paths import check_allowed, workdir_for
 from .plan import Plan, plan
 from .results import write_atomic
-from .sources import Source, resolve
+from .selection import effective_range, parse_frames, parse_valid_range
+from .sources import Source, resolve_inputs, select
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,14 @@ class SubmitRequest:
     queue: str = DEFAULT_QUEUE
     overwrite: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    #: ``--frames START:STOP[:STEP]`` over the concatenated inputs (docs/inputs.md).
+    frames: str | None = None
+    mask_convention: str = "labels"
+    invert: bool = False
+    exclude: tuple[str, ...] = ()
+    #: Apply an Eiger master's pixel_mask and saturation value (``--no-detector-mask``).
+    detector_mask: bool = True
+    valid_range: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,15 +109,31 @@ def prepare(request: SubmitRequest, settings: Settings) -> Prepared:
         )
     if not request.queue or any(c.isspace() for c in request.queue):
         raise OptionError(f"invalid queue name {request.queue!r}")
-    sources = resolve(request.inputs, request.dataset)
+    frames = parse_frames(request.frames) if request.frames is not None else None
+    valid = parse_valid_range(request.valid_range) if request.valid_range is not None else None
+    resolved = resolve_inputs(request.inputs, request.dataset)
+    if frames is not None:
+        resolved = select(resolved, frames.indices(resolved.total_frames), frames.text)
+    sources = list(resolved.sources)
     frame_shape = (int(sources[0].info.shape[1]), int(sources[0].info.shape[2]))
-    labels = masks.to_labels(masks.load_array(request.mask), request.mask)
-    n_regions = masks.check_fits(labels, frame_shape, request.mask)
-    output = os.path.abspath(request.output or default_output(request.inputs[0]))
+    detectors = resolved.detectors if request.detector_mask else ()
+    built = masks.build(
+        request.mask,
+        frame_shape,
+        request.mask_convention,
+        request.invert,
+        tuple(request.exclude),
+        tuple((d.master, d.pixel_mask) for d in detectors if d.pixel_mask),
+    )
+    labels, n_regions = built.labels, built.n_regions
+    saturated = [d for d in detectors if d.saturation is not None]
+    saturation = min(saturated, key=lambda d: d.saturation or 0) if saturated else None
+    valid_range = effective_range(valid, saturation.saturation if saturation else None)
+    output = os.path.abspath(request.output or default_output(resolved.paths[0]))
     check_output(output, request.overwrite)
     if settings.data_root:
-        for src in sources:
-            check_allowed(src.segment.path, settings.data_root)
+        for path in resolved.files():
+            check_allowed(path, settings.data_root)
         check_allowed(output, settings.data_root)
     segments = [s.segment for s in sources]
     the_plan = plan(
@@ -132,29 +157,31 @@ def prepare(request: SubmitRequest, settings: Settings) -> Prepared:
         boundaries=the_plan.boundaries,
         output=output,
         workdir=workdir_for(output),
-        mask_path=os.path.abspath(request.mask),
-        mask_sha256=masks.sha256_file(request.mask),
+        mask_path=built.main.path,
+        mask_sha256=built.main.sha256,
         queue=request.queue,
         chunk_frames=the_plan.frames_per_task,
         created=time.time(),
         version=__version__,
-        inputs=tuple(
-            {
-                "file": os.path.abspath(s.segment.path),
-                "dataset": s.info.name,
-                "frames": [s.segment.start, s.segment.start + s.segment.count],
-            }
-            for s in sources
-        ),
-        masks=(
-            {
-                "path": os.path.abspath(request.mask),
-                "sha256": masks.sha256_file(request.mask),
-                "role": "regions",
-                "regions": n_regions,
-            },
-        ),
-        options=dict(request.options),
+        inputs=resolved.records(),
+        masks=built.records,
+        options={
+            **request.options,
+            "frames": frames.normalized() if frames else None,
+            "mask_convention": request.mask_convention,
+            "invert": request.invert,
+            "detector_mask": request.detector_mask,
+            "valid_range": list(valid_range) if valid_range else None,
+            "saturation": (
+                {
+                    "value": saturation.saturation,
+                    "file": saturation.master,
+                    "dataset": saturation.saturation_from,
+                }
+                if saturation
+                else None
+            ),
+        },
     )
     return Prepared(spec=spec, labels=labels, plan=the_plan, sources=sources)
 

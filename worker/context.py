@@ -19,6 +19,7 @@ from producer.messages import ChunkTask, JobSpec
 from producer.paths import check_allowed
 
 from .reader import FrameReader
+from .valuerange import ValueRange, fit_regions
 
 #: Jobs kept warm per process; older ones are closed.
 MAX_JOBS = 4
@@ -31,6 +32,12 @@ class JobContext:
     reader: FrameReader
     device: str
     _reducer: Any = field(default=None, repr=False)
+    #: ``--valid-range`` / detector saturation: out-of-range pixels count as NaN.
+    value_range: ValueRange | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.value_range is None:
+            self.value_range = ValueRange.from_spec(self.spec)
 
     @property
     def reducer(self) -> Any:
@@ -44,7 +51,9 @@ class JobContext:
         """Statistics of frames [start, stop): {stat: float64 (frames, K)}."""
         out = {s: np.empty((stop - start, self.spec.n_regions)) for s in self.spec.stats}
         for pos, block in self.reader.blocks(start, stop):
-            values = self.reducer.reduce(block)
+            if self.value_range is not None:
+                block = self.value_range.apply(block)
+            values = fit_regions(self.reducer.reduce(block), self.spec.n_regions)
             for s in self.spec.stats:
                 out[s][pos - start : pos - start + len(block)] = values[s]
         return out
@@ -52,6 +61,8 @@ class JobContext:
     def close(self) -> None:
         self.reader.close()
         self._reducer = None
+        if self.value_range is not None:
+            self.value_range.close()
 
 
 class JobCache:
