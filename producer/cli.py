@@ -216,37 +216,116 @@ def cancel(job_id: str) -> None:
 
 
 @cli.command()
-@click.argument("job_id", required=False)
+@click.argument("job", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option("--limit", default=25, show_default=True, help="How many recent jobs to list.")
 @handle_errors
-def status(job_id: str | None, as_json: bool) -> None:
-    """Recent jobs, queues and workers; or one JOB in detail."""
-    from . import jobs
+def status(job: str | None, as_json: bool, limit: int) -> None:
+    """Recent jobs, queue depths and workers online; or one JOB (id or OUTPUT.h5) in detail."""
+    from . import jobs, monitor
 
     cfg = settings()
     client = jobs.connect(cfg.redis_url)
     jobs.ping(client, cfg.redis_url_redacted)
-    if job_id:
-        data = jobs.get(client, job_id)
-        if not data:
-            from .errors import JobNotFound
+    if job:
+        view = monitor.job_status(client, job, cfg.worker_timeout)
+        lines = monitor.render_job(view)
+    else:
+        view = monitor.overview(client, cfg.worker_timeout, limit)
+        lines = monitor.render_overview(view)
+    click.echo(json.dumps(view, indent=1) if as_json else "\n".join(lines))
 
-            raise JobNotFound(f"job {job_id} is not known to Redis")
-        data["chunks_done"] = str(jobs.chunks_done(client, job_id))
-        if as_json:
-            click.echo(json.dumps(data, indent=1))
-        else:
-            for key in sorted(data):
-                click.echo(f"{key:>14}: {data[key]}")
-        return
-    rows = jobs.recent(client)
+
+@cli.command()
+@click.argument("job")
+@handle_errors
+def watch(job: str) -> None:
+    """A live progress bar until JOB (id or OUTPUT.h5) ends; Ctrl-C leaves the job running."""
+    from . import jobs, monitor
+
+    cfg = settings()
+    client = jobs.connect(cfg.redis_url)
+    jobs.ping(client, cfg.redis_url_redacted)
+    view = monitor.job_status(client, job, cfg.worker_timeout)
+    if view["state"] == "unknown":
+        from .errors import JobNotFound
+
+        raise JobNotFound(f"job {view['id']} is not known to Redis; see 'producer resume'")
+    sys.exit(_wait(cfg, view["id"], view["output"]))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@handle_errors
+def workers(as_json: bool) -> None:
+    """Live worker processes (from their Redis heartbeats): device, chunks, throughput."""
+    import time
+
+    from . import jobs, monitor
+
+    cfg = settings()
+    client = jobs.connect(cfg.redis_url)
+    jobs.ping(client, cfg.redis_url_redacted)
+    rows = monitor.workers(client, cfg.worker_timeout)
     if as_json:
-        click.echo(json.dumps({"jobs": rows}, indent=1))
-        return
-    for row in rows:
-        click.echo(
-            f"{row['id']}  {row['state']:<10} {row['chunks_done']}/{row['n_chunks']}  {row.get('input', '')}"
-        )
+        click.echo(json.dumps({"workers": rows}, indent=1))
+    else:
+        click.echo("\n".join(monitor.render_workers(rows, time.time())))
+
+
+@cli.command(name="inspect")
+@click.argument("input_file")
+@click.option("--dataset", default=None, help="Dataset a submit would read (default as submit).")
+@click.option("--chunk-frames", type=int, default=None, help="Frames per task, as for submit.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@handle_errors
+def inspect_cmd(
+    input_file: str, dataset: str | None, chunk_frames: int | None, as_json: bool
+) -> None:
+    """Datasets of INPUT_FILE (shape, dtype, chunking, filters) and the plan a submit would make."""
+    from .inspection import inspect_file, render
+
+    report = inspect_file(input_file, dataset, chunk_frames, settings())
+    click.echo(json.dumps(report, indent=1) if as_json else "\n".join(render(report)))
+
+
+@cli.command()
+@click.argument("output")
+@click.option("--stat", default="mean", show_default=True, help="Statistic to draw.")
+@click.option("--output", "-o", "png", default=None, help="PNG to write (default OUTPUT.STAT.png).")
+@click.option("--regions", default=None, help="Comma-separated region numbers (default all).")
+@handle_errors
+def plot(output: str, stat: str, png: str | None, regions: str | None) -> None:
+    """A PNG of per-frame traces of one statistic, one line per region, from a job's OUTPUT."""
+    from .errors import OptionError
+    from .plot import plot as do_plot
+
+    try:
+        chosen = [int(r) for r in regions.split(",") if r.strip()] if regions else None
+    except ValueError as exc:
+        raise OptionError(f"--regions takes region numbers like 1,3: {exc}") from exc
+    click.echo(do_plot(output, stat, png, chosen))
+
+
+@cli.command()
+@click.option("--port", type=int, default=9108, show_default=True, help="Port to serve on.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    envvar="FRAMESTATS_METRICS_HOST",
+    show_default=True,
+    help="Address to bind (0.0.0.0 inside a container).",
+)
+@handle_errors
+def metrics(port: int, host: str) -> None:
+    """Serve Prometheus metrics at http://HOST:PORT/metrics until interrupted."""
+    from .metrics import serve
+
+    click.echo(f"serving metrics on http://{host}:{port}/metrics", err=True)
+    try:
+        serve(settings(), port, host)
+    except KeyboardInterrupt:
+        pass
 
 
 @cli.command()

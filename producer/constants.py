@@ -27,6 +27,10 @@ KEY_PREFIX = "fs:"
 JOBS_INDEX = KEY_PREFIX + "jobs"
 #: Sorted set of worker ids scored by last heartbeat time.
 WORKERS_INDEX = KEY_PREFIX + "workers"
+#: Hash of totals over all jobs (frames, bytes, chunks committed; chunk errors), for metrics.
+METRICS_KEY = KEY_PREFIX + "metrics"
+#: Hash of the chunk latency histogram: bucket upper bound -> count, plus sum and count.
+LATENCY_KEY = KEY_PREFIX + "metrics:latency"
 
 #: Name of the folder beside the output that holds a job's manifest and committed chunks.
 WORKDIR_SUFFIX = ".parts"

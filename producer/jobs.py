@@ -81,6 +81,7 @@ def create(client: Client, spec: JobSpec, pending: Iterable[int], done: Iterable
         frames = sum(spec.boundaries[i + 1] - spec.boundaries[i] for i in done)
         fields["frames_done"] = frames
         fields["bytes_done"] = frames * spec.frame_bytes
+        fields["frames_resumed"] = frames  # not counted in the job's rate
     pipe = client.pipeline(transaction=True)
     pipe.delete(*C.job_keys(spec.job_id))
     pipe.hset(C.job_key(spec.job_id), mapping=fields)
@@ -154,6 +155,9 @@ def commit_chunk(
         pipe.hincrby(C.job_key(job_id), "bytes_done", nbytes)
         pipe.hincrby(C.job_workers_key(job_id), worker, frames)
         pipe.hset(C.job_key(job_id), "last_progress", time.time())
+        pipe.hincrby(C.METRICS_KEY, "frames", frames)
+        pipe.hincrby(C.METRICS_KEY, "bytes", nbytes)
+        pipe.hincrby(C.METRICS_KEY, "chunks", 1)
         pipe.execute()
     return chunks_done(client, job_id)
 
@@ -167,6 +171,7 @@ def record_error(
     pipe = client.pipeline(transaction=False)
     pipe.lpush(C.job_errors_key(job_id), entry)
     pipe.ltrim(C.job_errors_key(job_id), 0, 49)
+    pipe.hincrby(C.METRICS_KEY, "chunk_errors", 1)
     pipe.execute()
 
 

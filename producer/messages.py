@@ -10,11 +10,12 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from .constants import MANIFEST_NAME
+
+if TYPE_CHECKING:  # numpy is imported where used: status/cancel/watch need no numpy
+    import numpy as np
 
 
 class JobState(StrEnum):
@@ -88,6 +89,8 @@ class Segment:
 
     def frame_index(self) -> np.ndarray:
         """Source frame numbers of this segment's frames (for /results/frame_index)."""
+        import numpy as np
+
         return self.index_base + self.offset + self.step * np.arange(self.count, dtype=np.int64)
 
     def to_json(self) -> dict[str, Any]:
@@ -147,6 +150,8 @@ class JobSpec:
 
     @property
     def frame_bytes(self) -> int:
+        import numpy as np
+
         return int(np.dtype(self.dtype).itemsize * self.frame_shape[0] * self.frame_shape[1])
 
     def to_json(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_process_init, worker_process_shutdown
 
-from producer import jobs, results
+from producer import jobs, monitor, results
 from producer.broker import publish, publish_finalize
 from producer.config import Settings
 from producer.constants import TASK_FINALIZE, TASK_REDUCE
@@ -152,6 +152,7 @@ def reduce_chunk(self: Task, payload: dict[str, Any]) -> str:
         rt.client, task.job_id, task.index, frames, frames * spec.frame_bytes, rt.heartbeat.id
     )
     rt.heartbeat.chunk_finished(frames, frames * spec.frame_bytes, seconds)
+    monitor.record_chunk_latency(rt.client, seconds)
     # Top the window up: one finished chunk releases one pending chunk.
     if jobs.state(rt.client, task.job_id) in (JobState.QUEUED, JobState.RUNNING):
         publish(self.app, spec, jobs.pop_pending(rt.client, task.job_id))

@@ -1,0 +1,89 @@
+"""`producer inspect`: an input file's datasets and the plan a submit would make.
+
+(Named ``inspection`` so that it never shadows the standard library's ``inspect``.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import Settings
+from .errors import UserError
+from .inputs import describe, list_datasets, open_h5
+from .plan import plan
+from .sources import resolve
+
+
+def inspect_file(
+    path: str, dataset: str | None, chunk_frames: int | None, settings: Settings
+) -> dict[str, Any]:
+    """Datasets (shape, dtype, chunking, filters, stored size) and the submit plan, or why not."""
+    datasets = []
+    with open_h5(path) as f:
+        for dset in list_datasets(f):
+            info = describe(dset, path).to_json()
+            try:
+                info["stored_bytes"] = int(dset.id.get_storage_size())
+            except Exception:  # external or virtual storage has no size of its own
+                info["stored_bytes"] = None
+            info["bytes"] = int(dset.size * dset.dtype.itemsize)
+            datasets.append(info)
+    out: dict[str, Any] = {"file": path, "datasets": datasets}
+    try:
+        sources = resolve([path], dataset)
+    except UserError as exc:
+        out["plan"] = None
+        out["plan_error"] = str(exc)
+        return out
+    src = sources[0]
+    the_plan = plan(
+        [src.segment],
+        [src.info.frames_per_chunk],
+        src.info.frame_bytes,
+        settings.task_bytes,
+        chunk_frames,
+    )
+    sizes = [b - a for a, b in zip(the_plan.boundaries, the_plan.boundaries[1:], strict=False)]
+    out["plan"] = {
+        "dataset": src.info.name,
+        "frames": src.segment.count,
+        "frame_shape": list(src.info.shape[1:]),
+        "dtype": src.info.dtype,
+        "hdf5_chunk_frames": src.info.frames_per_chunk,
+        "chunks": the_plan.n_chunks,
+        "frames_per_task": the_plan.frames_per_task,
+        "bytes_per_task": the_plan.frames_per_task * src.info.frame_bytes,
+        "smallest_task_frames": min(sizes),
+        "note": the_plan.note,
+    }
+    return out
+
+
+def render(report: dict[str, Any]) -> list[str]:
+    from .monitor import fmt_bytes
+
+    lines = [report["file"]]
+    for d in report["datasets"]:
+        chunks = "x".join(str(c) for c in d["chunks"]) if d["chunks"] else "contiguous"
+        filters = ",".join(d["filters"]) or "none"
+        stored = d.get("stored_bytes")
+        ratio = f", stored {fmt_bytes(stored)}" if stored else ""
+        if stored and d["bytes"]:
+            ratio += f" (ratio {d['bytes'] / stored:.1f})"
+        shape = "x".join(str(n) for n in d["shape"]) or "scalar"
+        lines.append(
+            f"  {d['name']}: {shape} {d['dtype']}, chunks {chunks}, filters {filters}{ratio}"
+        )
+    p = report.get("plan")
+    if p is None:
+        lines.append(f"plan: none ({report.get('plan_error')})")
+        return lines
+    lines.append(
+        f"plan: {p['dataset']}, {p['frames']} frames of {p['frame_shape'][0]}x"
+        f"{p['frame_shape'][1]} {p['dtype']} -> {p['chunks']} chunks of {p['frames_per_task']} "
+        f"frames ({fmt_bytes(p['bytes_per_task'])} uncompressed per task; HDF5 chunk "
+        f"{p['hdf5_chunk_frames']} frames)"
+    )
+    if p.get("note"):
+        lines.append(f"note: {p['note']}")
+    return lines
