@@ -299,7 +299,10 @@ BAD = {
         "pass only the master",
     ),
     "frames syntax": (lambda f, m, v, p: ([m], ["--frames", "1-5"]), "--frames '1-5'"),
-    "frames step zero": (lambda f, m, v, p: ([m], ["--frames", "::0"]), "STEP must be a positive integer"),
+    "frames step zero": (
+        lambda f, m, v, p: ([m], ["--frames", "::0"]),
+        "STEP must be a positive integer",
+    ),
     "frames empty": (lambda f, m, v, p: ([m], ["--frames", "100:"]), "selects no frame of the 16"),
     "valid range syntax": (lambda f, m, v, p: ([m], ["--valid-range", "x"]), "--valid-range 'x'"),
     "valid range reversed": (
@@ -350,6 +353,40 @@ def test_bad_input(case, layout, redis_url, redis_client):
     if "--mask" in extra:  # the case's own mask replaces the default one
         args = ["submit", *inputs, *extra]
     run_bad(folder, redis_url, redis_client, args, expect.format(f=folder))
+
+
+def test_data_root_applies_to_linked_and_virtual_source_files(tmp_path, redis_url, redis_client):
+    inside, outside = tmp_path / "root", tmp_path / "elsewhere"
+    inside.mkdir()
+    outside.mkdir()
+    blocks = [detector_frames(2, H, W, seed=i) for i in range(2)]
+    # A master inside the root whose (absolute) links lead out of it.
+    write_eiger(str(outside), "x", blocks)
+    with h5py.File(inside / "x_master.h5", "w") as f:
+        for i in (1, 2):
+            f[f"/entry/data/data_{i:06d}"] = h5py.ExternalLink(
+                str(outside / f"x_data_{i:06d}.h5"), "/entry/data/data"
+            )
+    # A VDS inside the root over a source file outside it.
+    layout = h5py.VirtualLayout(shape=(4, H, W), dtype=blocks[0].dtype)
+    layout[0:2] = h5py.VirtualSource(
+        str(outside / "x_data_000001.h5"), "/entry/data/data", (2, H, W)
+    )
+    write_stack(str(inside / "local.h5"), blocks[1])
+    layout[2:4] = h5py.VirtualSource(str(inside / "local.h5"), "/entry/data/data", (2, H, W))
+    with h5py.File(inside / "v.h5", "w") as f:
+        f.create_virtual_dataset("/entry/data/data", layout)
+    np.save(inside / "m.npy", np.ones((H, W), bool))
+    env = {"REDIS_URL": redis_url, "DATA_ROOT": str(inside)}
+    for data in ("x_master.h5", "v.h5"):
+        before = set(redis_client.keys("*"))
+        result = CliRunner().invoke(
+            cli, ["submit", str(inside / data), "--mask", str(inside / "m.npy")], env=env
+        )
+        assert result.exit_code == 2, result.output
+        assert "x_data_000001.h5" in result.output and "outside DATA_ROOT" in result.output
+        assert set(redis_client.keys("*")) == before
+        assert not any(p.name.endswith(".parts") for p in inside.iterdir())
 
 
 def test_detector_mask_of_wrong_shape(tmp_path, redis_url, redis_client):
