@@ -112,7 +112,11 @@ def cli(
         ]
         if name:
             argv += ["--name", name]
-        commands.append((argv, {}))
+        # Each GPU's process decodes Bitshuffle chunks on its share of the cores.
+        threads = os.environ.get("FRAMESTATS_DECODE_THREADS") or str(
+            max(1, (os.cpu_count() or 1) // gpus)
+        )
+        commands.append((argv, {"FRAMESTATS_DECODE_THREADS": threads}))
     sys.exit(launch.supervise(commands))
 
 

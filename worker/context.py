@@ -90,7 +90,7 @@ class JobCache:
         labels = np.load(os.path.join(spec.workdir, MASK_NAME), allow_pickle=False)
         if labels.shape != tuple(spec.frame_shape):
             raise PermanentChunkError(f"mask copy in {spec.workdir} does not match the job")
-        reader = FrameReader(spec, self.data_root)
+        reader = FrameReader.for_device(spec, self.data_root, self.device)
         return JobContext(spec=spec, labels=labels, reader=reader, device=self.device)
 
     def drop(self, job_id: str) -> None:

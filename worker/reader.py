@@ -3,11 +3,18 @@
 Blocks follow the dataset's HDF5 chunking along the frame axis, so every compressed
 chunk is decoded once, and ``read_direct`` fills one buffer that lives as long as the
 reader: no fresh large allocation per block (those cost a lot on these machines).
+
+Bitshuffle-LZ4/Zstd datasets are decoded by ``worker.decode`` (raw chunks, decoded in
+threads outside HDF5's lock) when it applies. With ``prefetch`` the next block is read
+into a second buffer while the caller reduces the current one: it pays where reading
+and reducing use different resources (a GPU worker), not where one core does both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import h5py
 import hdf5plugin  # noqa: F401  (registers Bitshuffle-LZ4, LZ4, Blosc, Zstd, ... with HDF5)
@@ -16,6 +23,8 @@ import numpy as np
 from producer.errors import PermanentChunkError, TransientChunkError
 from producer.messages import JobSpec, Segment
 from producer.paths import check_allowed
+
+from .decode import ChunkDecoder, default_threads
 
 #: Upper bound for one read; blocks are whole HDF5 chunks, at least one.
 DEFAULT_BLOCK_BYTES = 32 * 1024 * 1024
@@ -29,13 +38,43 @@ class FrameReader:
         spec: JobSpec,
         data_root: tuple[str, ...] = (),
         block_bytes: int = DEFAULT_BLOCK_BYTES,
+        decode_threads: int = 1,
+        prefetch: bool = False,
     ) -> None:
         self.spec = spec
         self.data_root = data_root
         self.block_bytes = block_bytes
         self.dtype = np.dtype(spec.dtype).newbyteorder("=")
+        #: Threads decoding Bitshuffle chunks (0: always let HDF5 decode).
+        self.decode_threads = decode_threads
+        self.prefetch = prefetch
         self._files: dict[str, h5py.File] = {}
-        self._buffer: np.ndarray | None = None
+        self._decoders: dict[tuple[str, str], ChunkDecoder | None] = {}
+        self._buffers: list[np.ndarray | None] = [None, None]
+        self._io: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def for_device(
+        cls, spec: JobSpec, data_root: tuple[str, ...] = (), device: str = "cpu"
+    ) -> FrameReader:
+        """A reader tuned for a worker on ``device``; FRAMESTATS_DECODE_THREADS and
+        FRAMESTATS_PREFETCH (0/1) override the choice.
+
+        A GPU worker decodes on every core it may use and prefetches; a CPU worker (one
+        process per core) decodes in its own thread, which is still faster than HDF5's
+        filter pipeline (no per-chunk allocation and copy), and does not prefetch.
+        """
+        gpu = not str(device).startswith("cpu")
+        threads = os.environ.get("FRAMESTATS_DECODE_THREADS", "auto").strip().lower()
+        prefetch = os.environ.get("FRAMESTATS_PREFETCH", "auto").strip().lower()
+        if threads in ("", "auto"):
+            threads = str(default_threads() if gpu else 1)
+        return cls(
+            spec,
+            data_root,
+            decode_threads=int(threads),
+            prefetch=gpu if prefetch in ("", "auto") else prefetch in ("1", "true", "yes", "on"),
+        )
 
     def _dataset(self, seg: Segment) -> h5py.Dataset:
         f = self._files.get(seg.path)
@@ -51,11 +90,21 @@ class FrameReader:
         except KeyError as exc:
             raise PermanentChunkError(f"dataset {seg.dataset} missing in {seg.path}") from exc
 
-    def _buffer_for(self, frames: int) -> np.ndarray:
+    def _decoder(self, seg: Segment, dset: h5py.Dataset) -> ChunkDecoder | None:
+        key = (seg.path, seg.dataset)
+        if key not in self._decoders:
+            usable = self.decode_threads > 0 and self.dtype == dset.dtype
+            self._decoders[key] = (
+                ChunkDecoder.for_dataset(dset, self.decode_threads) if usable else None
+            )
+        return self._decoders[key]
+
+    def _buffer_for(self, frames: int, slot: int = 0) -> np.ndarray:
         h, w = self.spec.frame_shape
-        if self._buffer is None or self._buffer.shape[0] < frames:
-            self._buffer = np.empty((frames, h, w), dtype=self.dtype)
-        return self._buffer[:frames]
+        buf = self._buffers[slot]
+        if buf is None or buf.shape[0] < frames:
+            buf = self._buffers[slot] = np.empty((frames, h, w), dtype=self.dtype)
+        return buf[:frames]
 
     def block_frames(self, dset: h5py.Dataset) -> int:
         per_chunk = int(dset.chunks[0]) if dset.chunks else 1
@@ -63,8 +112,8 @@ class FrameReader:
         chunks = max(1, self.block_bytes // max(1, frame_bytes * per_chunk))
         return chunks * per_chunk
 
-    def blocks(self, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield (global first frame, frames) covering [start, stop); the array is reused."""
+    def _plan(self, start: int, stop: int) -> Iterator[tuple[int, int, Segment, h5py.Dataset, int]]:
+        """(global first frame, frames, segment, dataset, dataset index) of each block."""
         for seg in self.spec.segments:
             lo, hi = max(start, seg.start), min(stop, seg.start + seg.count)
             if lo >= hi:
@@ -81,24 +130,97 @@ class FrameReader:
                     n = min(hi - pos, max(1, end_index - first))
                 else:
                     n = min(hi - pos, max(1, step_frames // seg.step))
-                buf = self._buffer_for(n)
-                sel = np.s_[first : first + n * seg.step : seg.step]
-                try:
-                    dset.read_direct(buf, source_sel=sel)
-                except (OSError, RuntimeError, ValueError) as exc:
-                    raise TransientChunkError(
-                        f"cannot read frames {pos}-{pos + n} ({seg.path}:{seg.dataset}[{first}:"
-                        f"{first + n * seg.step}]): {exc}",
-                        frames=(pos, pos + n),
-                    ) from exc
-                yield pos, buf
+                yield pos, n, seg, dset, first
                 pos += n
 
+    def _start_read(
+        self, pos: int, n: int, seg: Segment, dset: h5py.Dataset, first: int, buf: np.ndarray
+    ) -> Callable[[], None]:
+        """Begin reading one block into ``buf``; call the result to wait for it."""
+
+        def fail(exc: BaseException) -> TransientChunkError:
+            return TransientChunkError(
+                f"cannot read frames {pos}-{pos + n} ({seg.path}:{seg.dataset}[{first}:"
+                f"{first + n * seg.step}]): {exc}",
+                frames=(pos, pos + n),
+            )
+
+        decoder = self._decoder(seg, dset) if seg.step == 1 else None
+        try:
+            if decoder is not None:
+                wait = decoder.submit(first, buf)
+            else:
+                dset.read_direct(buf, source_sel=np.s_[first : first + n * seg.step : seg.step])
+                wait = _done
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise fail(exc) from exc
+
+        def finish() -> None:
+            try:
+                wait()
+            except (OSError, RuntimeError, ValueError) as exc:
+                raise fail(exc) from exc
+
+        return finish
+
+    def blocks(self, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (global first frame, frames) covering [start, stop); the arrays are reused.
+
+        A yielded array stays valid until the next one is asked for.
+        """
+        if not self.prefetch:
+            for pos, n, seg, dset, first in self._plan(start, stop):
+                buf = self._buffer_for(n)
+                self._start_read(pos, n, seg, dset, first, buf)()
+                yield pos, buf
+            return
+        if self._io is None:
+            self._io = ThreadPoolExecutor(1, "prefetch")
+        io = self._io
+        plan = self._plan(start, stop)
+
+        def read(slot: int) -> tuple[int, np.ndarray] | None:
+            item = next(plan, None)
+            if item is None:
+                return None
+            pos, n, seg, dset, first = item
+            buf = self._buffer_for(n, slot)
+            self._start_read(pos, n, seg, dset, first, buf)()
+            return pos, buf
+
+        slot = 0
+        pending: Future[tuple[int, np.ndarray] | None] = io.submit(read, slot)
+        try:
+            while True:
+                got = pending.result()
+                if got is None:
+                    return
+                slot ^= 1
+                pending = io.submit(read, slot)  # the caller is done with this slot's last block
+                yield got
+        finally:
+            pending.cancel()
+            try:
+                pending.result()
+            except BaseException:  # already failing or closed: its error is not the news
+                pass
+
     def close(self) -> None:
+        if self._io is not None:
+            self._io.shutdown(wait=True)
+            self._io = None
+        for decoder in self._decoders.values():
+            if decoder is not None:
+                decoder.close()
+        self._decoders.clear()
         for f in self._files.values():
             try:
                 f.close()
             except Exception:  # closing a broken file must not mask the real error
                 pass
         self._files.clear()
-        self._buffer = None
+        self._buffers = [None, None]
+
+
+def _done() -> None:
+    return None

@@ -1,0 +1,212 @@
+"""FrameReader and the parallel Bitshuffle decoder give exactly what plain h5py reads give."""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+import hdf5plugin
+import numpy as np
+import pytest
+
+from producer.messages import JobSpec, Segment
+from producer.samples import detector_frames
+from worker.decode import ChunkDecoder
+from worker.reader import FrameReader
+
+DSET = "/entry/data/data"
+
+
+def make_file(path, frames: np.ndarray, chunk_frames: int | None, **filters) -> str:
+    with h5py.File(path, "w") as f:
+        chunks = None if chunk_frames is None else (chunk_frames, *frames.shape[1:])
+        f.create_dataset(DSET, data=frames, chunks=chunks, **filters)
+    return str(path)
+
+
+def spec_for(segments: list[Segment], frame_shape, dtype) -> JobSpec:
+    n = sum(s.count for s in segments)
+    return JobSpec(
+        job_id="test",
+        segments=tuple(segments),
+        frame_shape=tuple(frame_shape),
+        dtype=np.dtype(dtype).str,
+        n_frames=n,
+        n_regions=1,
+        stats=("sum",),
+        boundaries=(0, n),
+        output="/nonexistent/out.h5",
+        workdir="/nonexistent/out.h5.parts",
+        mask_path="",
+        mask_sha256="",
+        queue="q",
+        chunk_frames=n,
+        created=0.0,
+        version="test",
+    )
+
+
+def read_all(reader: FrameReader, start: int, stop: int, shape) -> np.ndarray:
+    out = np.empty((stop - start, *shape), dtype=reader.dtype)
+    for pos, block in reader.blocks(start, stop):
+        out[pos - start : pos - start + len(block)] = block
+    return out
+
+
+BSLZ4 = dict(hdf5plugin.Bitshuffle(cname="lz4"))
+BSZSTD = dict(hdf5plugin.Bitshuffle(cname="zstd"))
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("prefetch", [False, True])
+@pytest.mark.parametrize(
+    ("dtype", "chunk_frames", "filters"),
+    [
+        ("uint16", 1, BSLZ4),
+        ("uint16", 3, BSLZ4),
+        ("uint32", 2, BSLZ4),
+        ("float32", 1, BSLZ4),
+        ("uint8", 4, BSLZ4),
+        ("uint16", 2, BSZSTD),
+        ("uint16", 1, {"compression": "gzip", "compression_opts": 4, "shuffle": True}),
+        ("uint16", None, {}),
+        (">u2", 1, BSLZ4),
+    ],
+)
+def test_reader_matches_h5py_bit_for_bit(tmp_path, threads, prefetch, dtype, chunk_frames, filters):
+    frames = detector_frames(23, 24, 40, dtype=np.dtype(dtype).newbyteorder("="), seed=3)
+    frames = frames.astype(dtype)
+    if frames.dtype.kind == "f":
+        frames[2, 3, 4] = np.nan
+    path = make_file(tmp_path / "a.h5", frames, chunk_frames, **filters)
+    spec = spec_for([Segment(path, DSET, 0, 23)], (24, 40), dtype)
+    # Small blocks so that blocks start and end inside and across chunks.
+    reader = FrameReader(spec, block_bytes=3 * 24 * 40, decode_threads=threads, prefetch=prefetch)
+    try:
+        with h5py.File(path, "r") as f:
+            want = f[DSET][()]
+        for start, stop in [(0, 23), (1, 22), (5, 6), (7, 19), (22, 23)]:
+            got = read_all(reader, start, stop, (24, 40))
+            assert got.dtype == np.dtype(dtype).newbyteorder("=")
+            np.testing.assert_array_equal(
+                got.view(np.uint8), want[start:stop].astype(got.dtype).view(np.uint8)
+            )
+        used = [d for d in reader._decoders.values() if d is not None]
+        native_bitshuffle = filters in (BSLZ4, BSZSTD) and np.dtype(dtype).isnative
+        assert bool(used) == native_bitshuffle
+    finally:
+        reader.close()
+
+
+def test_segments_steps_and_offsets(tmp_path):
+    a = detector_frames(10, 16, 16, seed=1)
+    b = detector_frames(12, 16, 16, seed=2)
+    pa = make_file(tmp_path / "a.h5", a, 2, **BSLZ4)
+    pb = make_file(tmp_path / "b.h5", b, 1, **BSLZ4)
+    segs = [
+        Segment(pa, DSET, 0, 4, offset=3, step=1),
+        Segment(pb, DSET, 4, 5, offset=1, step=2),
+        Segment(pa, DSET, 9, 6, offset=4, step=1),
+    ]
+    want = np.concatenate([a[3:7], b[1:11:2], a[4:10]])
+    spec = spec_for(segs, (16, 16), "uint16")
+    for prefetch in (False, True):
+        reader = FrameReader(spec, block_bytes=2 * 16 * 16 * 2, decode_threads=2, prefetch=prefetch)
+        try:
+            np.testing.assert_array_equal(read_all(reader, 0, 15, (16, 16)), want)
+            np.testing.assert_array_equal(read_all(reader, 3, 11, (16, 16)), want[3:11])
+        finally:
+            reader.close()
+
+
+def test_chunk_stored_without_filter_is_read_by_hdf5(tmp_path):
+    frames = detector_frames(6, 8, 8, seed=4)
+    path = make_file(tmp_path / "a.h5", frames, 1, **BSLZ4)
+    replacement = (frames[2] + 7).astype(np.uint16)
+    with h5py.File(path, "r+") as f:
+        # filter_mask bit 0 set: HDF5 skips the bitshuffle filter for this chunk.
+        f[DSET].id.write_direct_chunk((2, 0, 0), replacement.tobytes(), filter_mask=1)
+        want = f[DSET][()]
+    assert (want[2] == replacement).all()
+    spec = spec_for([Segment(path, DSET, 0, 6)], (8, 8), "uint16")
+    reader = FrameReader(spec, decode_threads=2)
+    try:
+        np.testing.assert_array_equal(read_all(reader, 0, 6, (8, 8)), want)
+        assert any(d is not None for d in reader._decoders.values())
+    finally:
+        reader.close()
+
+
+def test_corrupt_chunk_is_an_error_not_wrong_data(tmp_path):
+    from producer.errors import TransientChunkError
+
+    frames = detector_frames(4, 32, 32, seed=5)
+    path = make_file(tmp_path / "a.h5", frames, 1, **BSLZ4)
+    with h5py.File(path, "r+") as f:
+        _, raw = f[DSET].id.read_direct_chunk((1, 0, 0))
+        bad = bytearray(raw)
+        bad[20:] = bytes(len(bad) - 20)  # zeroed LZ4 stream after the headers
+        f[DSET].id.write_direct_chunk((1, 0, 0), bytes(bad))
+    spec = spec_for([Segment(path, DSET, 0, 4)], (32, 32), "uint16")
+    with h5py.File(path, "r") as f:
+        try:
+            hdf5_read = f[DSET][1]
+        except OSError:
+            hdf5_read = None
+    reader = FrameReader(spec, decode_threads=1)
+    try:
+        try:
+            got = read_all(reader, 0, 4, (32, 32))
+        except TransientChunkError:
+            return  # refused, like HDF5 would
+        # If the bytes happen to decode, they must decode to what HDF5 reads.
+        assert hdf5_read is not None
+        np.testing.assert_array_equal(got[1], hdf5_read)
+    finally:
+        reader.close()
+
+
+def test_early_close_of_a_prefetching_reader(tmp_path):
+    frames = detector_frames(12, 16, 16, seed=6)
+    path = make_file(tmp_path / "a.h5", frames, 1, **BSLZ4)
+    spec = spec_for([Segment(path, DSET, 0, 12)], (16, 16), "uint16")
+    reader = FrameReader(spec, block_bytes=16 * 16 * 2, decode_threads=2, prefetch=True)
+    try:
+        blocks = reader.blocks(0, 12)
+        pos, block = next(blocks)
+        np.testing.assert_array_equal(block, frames[pos : pos + len(block)])
+        blocks.close()  # the pending read is waited for; the reader stays usable
+        np.testing.assert_array_equal(read_all(reader, 0, 12, (16, 16)), frames)
+    finally:
+        reader.close()
+
+
+def test_for_device_choices(tmp_path, monkeypatch):
+    frames = detector_frames(2, 8, 8)
+    path = make_file(tmp_path / "a.h5", frames, 1, **BSLZ4)
+    spec = spec_for([Segment(path, DSET, 0, 2)], (8, 8), "uint16")
+    monkeypatch.delenv("FRAMESTATS_DECODE_THREADS", raising=False)
+    monkeypatch.delenv("FRAMESTATS_PREFETCH", raising=False)
+    cpu = FrameReader.for_device(spec, (), "cpu")
+    assert (cpu.decode_threads, cpu.prefetch) == (1, False)
+    gpu = FrameReader.for_device(spec, (), "cuda:0")
+    assert gpu.decode_threads >= 1 and gpu.prefetch
+    monkeypatch.setenv("FRAMESTATS_DECODE_THREADS", "0")
+    monkeypatch.setenv("FRAMESTATS_PREFETCH", "1")
+    forced = FrameReader.for_device(spec, (), "cpu")
+    assert (forced.decode_threads, forced.prefetch) == (0, True)
+    np.testing.assert_array_equal(read_all(forced, 0, 2, (8, 8)), frames)
+    assert all(d is None for d in forced._decoders.values())
+    for r in (cpu, gpu, forced):
+        r.close()
+
+
+def test_decoder_refuses_what_it_cannot_reproduce(tmp_path):
+    frames = detector_frames(4, 8, 8)
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        # Chunks that split a frame, and two filters: both left to HDF5.
+        split = f.create_dataset("split", data=frames, chunks=(1, 4, 8), **BSLZ4)
+        two = f.create_dataset("two", data=frames, chunks=(1, 8, 8), fletcher32=True, **BSLZ4)
+        assert ChunkDecoder.for_dataset(split, 2) is None
+        assert ChunkDecoder.for_dataset(two, 2) is None
+    assert os.path.exists(tmp_path / "a.h5")
