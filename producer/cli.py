@@ -251,7 +251,12 @@ def watch(job: str) -> None:
         from .errors import JobNotFound
 
         raise JobNotFound(f"job {view['id']} is not known to Redis; see 'producer resume'")
-    sys.exit(_wait(cfg, view["id"], view["output"]))
+    try:
+        code = _wait(cfg, view["id"], view["output"])
+    except RuntimeError as exc:  # the job's keys vanished while watching
+        click.echo(f"\nerror: {exc}", err=True)
+        code = 1
+    sys.exit(code)
 
 
 @cli.command()

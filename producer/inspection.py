@@ -51,8 +51,8 @@ def inspect_file(
         "dtype": src.info.dtype,
         "hdf5_chunk_frames": src.info.frames_per_chunk,
         "chunks": the_plan.n_chunks,
-        "frames_per_task": the_plan.frames_per_task,
-        "bytes_per_task": the_plan.frames_per_task * src.info.frame_bytes,
+        "frames_per_task": max(sizes),
+        "bytes_per_task": max(sizes) * src.info.frame_bytes,
         "smallest_task_frames": min(sizes),
         "note": the_plan.note,
     }

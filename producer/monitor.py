@@ -483,43 +483,55 @@ def render_overview(view: dict[str, Any]) -> list[str]:
 def render_job(d: dict[str, Any]) -> list[str]:
     now = time.time()
     frac = d["frames_done"] / d["frames_total"] if d["frames_total"] else 0.0
-    lines = [
-        f"job        {d['id']}",
-        f"state      {d['state']}" + (f": {d['reason']}" if d.get("reason") else ""),
-        f"progress   {d['chunks_done']}/{d['chunks_total']} chunks, "
-        f"{d['frames_done']}/{d['frames_total']} frames ({frac:.1%}), "
-        f"{d['chunks_failed']} failed",
+    rows: list[tuple[str, Any]] = [
+        ("job", d["id"]),
+        ("state", d["state"] + (f": {d['reason']}" if d.get("reason") else "")),
+        (
+            "progress",
+            f"{d['chunks_done']}/{d['chunks_total']} chunks, {d['frames_done']}/"
+            f"{d['frames_total']} frames ({frac:.1%}), {d['chunks_failed']} failed",
+        ),
     ]
     if "frames_per_s" in d:
-        lines.append(
-            f"rate       {d['frames_per_s']:,.1f} frames/s ({fmt_bytes(d['bytes_per_s'])}/s)"
+        rows.append(
+            ("rate", f"{d['frames_per_s']:,.1f} frames/s ({fmt_bytes(d['bytes_per_s'])}/s)")
         )
         if d["state"] in FINISHED:
-            lines.append(f"duration   {fmt_seconds(d['duration_s'])}")
+            rows.append(("duration", fmt_seconds(d["duration_s"])))
         else:
-            lines.append(f"elapsed    {fmt_seconds(d['elapsed_s'])}, ETA {fmt_seconds(d['eta_s'])}")
-        lines.append(
-            f"times      submitted {fmt_age(d['submitted'], now)}, started "
-            f"{fmt_age(d['started'], now)}, finished {fmt_age(d['finished'], now)}"
+            rows.append(
+                ("elapsed", f"{fmt_seconds(d['elapsed_s'])}, ETA {fmt_seconds(d['eta_s'])}")
+            )
+        rows.append(
+            (
+                "times",
+                f"submitted {fmt_age(d['submitted'], now)}, started "
+                f"{fmt_age(d['started'], now)}, finished {fmt_age(d['finished'], now)}",
+            )
         )
-    for key, value in d.get("parameters", {}).items():
-        if key != "inputs" and value not in (None, ""):
-            lines.append(f"{key:<10} {value}")
+    rows += [
+        (k, v)
+        for k, v in d.get("parameters", {}).items()
+        if k not in ("inputs", "output") and v not in (None, "")
+    ]
     if "chunks_pending" in d:
-        lines.append(
-            f"chunks     {d['chunks_pending']} not yet queued, {d['chunks_started']} started"
+        rows.append(
+            ("chunks", f"{d['chunks_pending']} not yet queued, {d['chunks_started']} started")
         )
-    for w in d.get("workers", []):
-        lines.append(f"worker     {w['worker']}: {w['frames']} frames ({w['share']:.0%})")
-    for r in d.get("running_on", []):
-        lines.append(f"running    {r['chunk']} on {r['worker']}")
+    rows += [
+        ("worker", f"{w['worker']}: {w['frames']} frames ({w['share']:.0%})")
+        for w in d.get("workers", [])
+    ]
+    rows += [("running", f"{r['chunk']} on {r['worker']}") for r in d.get("running_on", [])]
     if d.get("errors_total"):
-        lines.append(f"errors     {d['errors_total']} (newest first)")
-        for e in d["errors"]:
-            lines.append(f"  chunk {e.get('chunk')} frames {e.get('frames')}: {e.get('reason')}")
+        rows.append(("errors", f"{d['errors_total']} (newest first)"))
+        rows += [
+            ("", f"chunk {e.get('chunk')} frames {e.get('frames')}: {e.get('reason')}")
+            for e in d["errors"]
+        ]
     if d.get("output"):
-        lines.append(f"output     {d['output']}")
-    return lines
+        rows.append(("output", d["output"]))
+    return [f"{k:<13}{v}" for k, v in rows]
 
 
 def render_workers(rows: list[dict[str, Any]], now: float) -> list[str]:

@@ -600,3 +600,13 @@ def test_status_is_fast_with_300_jobs(redis_url, redis_client):
     finally:
         for job_id in ids:
             jobs.delete(redis_client, job_id)
+
+
+def test_monitoring_commands_stay_import_light():
+    code = (
+        "import sys, producer.cli, producer.monitor, producer.jobs, producer.metrics; "
+        "print(sorted(m for m in ('numpy', 'h5py', 'celery', 'torch', 'matplotlib') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
