@@ -75,6 +75,11 @@ def job_finalize_lock_key(job_id: str) -> str:
     return f"{KEY_PREFIX}job:{job_id}:finalize-lock"
 
 
+def job_events_key(job_id: str) -> str:
+    """List the job's final state is pushed to, so that ``--wait`` wakes at once."""
+    return f"{KEY_PREFIX}job:{job_id}:events"
+
+
 def job_keys(job_id: str) -> list[str]:
     """Every key that belongs to one job."""
     return [
@@ -85,6 +90,7 @@ def job_keys(job_id: str) -> list[str]:
         job_errors_key(job_id),
         job_workers_key(job_id),
         job_finalize_lock_key(job_id),
+        job_events_key(job_id),
     ]
 
 

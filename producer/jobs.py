@@ -23,6 +23,8 @@ Client = Any
 
 #: Publishing the pending list in slices keeps each Redis command small.
 _PUSH_BATCH = 10_000
+#: Seconds a finished job's wake-up event waits for a follower.
+_EVENTS_TTL = 3600
 
 
 def connect(url: str, timeout: float = 5.0) -> Client:
@@ -199,10 +201,17 @@ def finish(client: Client, job_id: str, new_state: JobState, reason: str | None 
                 pipe.hset(key, mapping=fields)
                 if new_state in (JobState.FAILED, JobState.CANCELLED):
                     pipe.delete(C.job_pending_key(job_id))
+                pipe.rpush(C.job_events_key(job_id), new_state.value)
+                pipe.expire(C.job_events_key(job_id), _EVENTS_TTL)
                 pipe.execute()
                 return True
             except redis.WatchError:
                 continue
+
+
+def wait_finished(client: Client, job_id: str, timeout: float) -> None:
+    """Sleep up to ``timeout`` seconds, waking as soon as ``finish`` is called for the job."""
+    client.blpop([C.job_events_key(job_id)], timeout=timeout)
 
 
 def set_state(client: Client, job_id: str, new_state: JobState) -> None:

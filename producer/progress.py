@@ -59,4 +59,4 @@ def follow(
             if tty:
                 out.write("\n")
             return data
-        time.sleep(interval)
+        jobs.wait_finished(client, job_id, interval)
