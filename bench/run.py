@@ -1,0 +1,388 @@
+"""``python -m bench``: the end-to-end benchmark, every method in one run, interleaved.
+
+For each storage form of one generated stack (contiguous, gzip 4 + shuffle,
+Bitshuffle-LZ4) and each repetition, in a rotating order: (a) ``producer submit
+--wait`` with warm ``worker`` processes, (a1) the same with one worker process (for
+scaling), (b) N plain processes, (c) Dask threaded and Dask delayed-by-path, (d) the
+article's vectorized form. Page cache warm, medians over repetitions. Prints the table
+and writes it, with the machine and versions, into bench/RESULTS.md between markers
+(other sections of that file are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import baselines, e2e
+from .data import DATASET, FORMS, Stack, data_root, ensure_stack, file_sizes
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+BEGIN, END = "<!-- bench.run:begin -->", "<!-- bench.run:end -->"
+LABELS = {"none": "contiguous", "gzip": "gzip 4 + shuffle", "bslz4": "Bitshuffle-LZ4"}
+METHODS = ("a", "a1", "b", "c_threads", "c_delayed", "d")
+NAMES = {
+    "a": "(a) producer submit --wait, N workers",
+    "a1": "(a1) the same, 1 worker",
+    "b": "(b) N plain processes, same read + kernel",
+    "c_threads": "(c) Dask from_array, threads",
+    "c_delayed": "(c') Dask delayed by path, processes",
+    "d": "(d) article's vectorized form, 1 process",
+}
+
+
+def machine() -> dict[str, str]:
+    import celery
+    import dask
+    import h5py
+    import hdf5plugin
+    import redis
+    import torch
+
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            cpu = next(
+                line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        pass
+    mem = "?"
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as fh:
+            kb = int(fh.readline().split()[1])
+        mem = f"{kb / 2**20:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "cpu": f"{cpu}, {os.cpu_count()} cores",
+        "memory": mem,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "versions": (
+            f"torch {torch.__version__}, numpy {np.__version__}, h5py {h5py.__version__} "
+            f"(HDF5 {h5py.version.hdf5_version}), hdf5plugin {hdf5plugin.version}, "
+            f"dask {dask.__version__}, celery {celery.__version__}, redis-py {redis.__version__}"
+        ),
+    }
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def check_same(name: str, got: np.ndarray, want: np.ndarray, exact: bool) -> None:
+    if exact:
+        np.testing.assert_array_equal(got, want, err_msg=f"{name} disagrees with (b)")
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=f"{name} disagrees with (b)")
+
+
+def bench_form(
+    form: str,
+    stack: Stack,
+    reps: int,
+    n: int,
+    runners: dict[str, Callable[[], np.ndarray]],
+    log: Callable[[str], None],
+) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {m: [] for m in runners}
+    reference: np.ndarray | None = None
+    order = list(runners)
+    for rep in range(reps):
+        rot = order[rep % len(order) :] + order[: rep % len(order)]
+        for m in rot:
+            t = time.perf_counter()
+            sums = runners[m]()
+            times[m].append(time.perf_counter() - t)
+            if rep == 0:
+                if m == "b" or reference is None:
+                    reference = sums if reference is None else reference
+                check_same(NAMES[m], sums, reference, exact=m != "d")
+        log(
+            f"  {form} rep {rep + 1}/{reps}: "
+            + ", ".join(f"{m} {times[m][-1]:.2f}s" for m in order)
+        )
+    return times
+
+
+def form_runners(
+    path: str,
+    stack: Stack,
+    mask: np.ndarray,
+    spec: Any,
+    out_a: str,
+    redis_url: str,
+    n: int,
+    workers: e2e.Workers,
+    single: e2e.Workers | None,
+    noqueue: baselines.NoQueue,
+    delayed: baselines.DaskDelayed,
+) -> dict[str, Callable[[], np.ndarray]]:
+    """One callable per method for one file; each returns the per-frame sums."""
+    runners: dict[str, Callable[[], np.ndarray]] = {
+        "a": lambda: e2e.submit_wait(redis_url, workers, path, stack.mask, out_a)[1],
+        "b": lambda: noqueue.run(spec, mask),
+        "c_threads": lambda: baselines.dask_threaded(path, DATASET, mask, n),
+        "c_delayed": lambda: delayed.run(path, DATASET, mask, stack.frames),
+        "d": lambda: baselines.article(path, DATASET, mask),
+    }
+    if single is not None:
+        runners["a1"] = lambda: e2e.submit_wait(redis_url, single, path, stack.mask, out_a)[1]
+    return runners
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from producer.config import Settings
+    from producer.submit import SubmitRequest, prepare
+
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    redis_url = args.redis_url or os.environ.get("REDIS_URL") or Settings.redis_url
+    n = args.workers
+    forms = tuple(args.forms.split(","))
+    stack = ensure_stack(args.frames, args.size, args.size, forms=forms, root=args.data)
+    mask = np.load(stack.mask)
+    scratch = tempfile.mkdtemp(prefix="bench-", dir=args.data or data_root())
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "params": {
+            "frames": args.frames,
+            "shape": [args.size, args.size],
+            "nbytes": stack.nbytes,
+            "file_bytes": file_sizes(stack, forms),
+            "reps": args.reps,
+            "workers": n,
+            "redis": "local",
+        },
+        "forms": {},
+    }
+    from producer import jobs
+
+    client = jobs.connect(redis_url)
+    log(f"starting {n}+1 worker processes and the baseline pools")
+    workers = e2e.start_workers(redis_url, n, scratch)
+    single = e2e.start_workers(redis_url, 1, scratch)
+    noqueue = baselines.NoQueue(n)
+    delayed = baselines.DaskDelayed(n)
+    try:
+        workers.wait_ready(client)
+        single.wait_ready(client)
+        for form in forms:
+            path = stack.path(form)
+            with open(path, "rb") as fh:  # warm the page cache
+                while fh.read(1 << 24):
+                    pass
+            spec = prepare(
+                SubmitRequest(
+                    inputs=(path,),
+                    mask=stack.mask,
+                    output=os.path.join(scratch, f"b-{form}.h5"),
+                    stats=("sum",),
+                ),
+                Settings.from_env({"REDIS_URL": redis_url}),
+            ).spec
+            runners = form_runners(
+                path,
+                stack,
+                mask,
+                spec,
+                os.path.join(scratch, f"a-{form}.h5"),
+                redis_url,
+                n,
+                workers,
+                None if args.no_scaling else single,
+                noqueue,
+                delayed,
+            )
+            log(f"{form}: {spec.n_chunks} chunks of {spec.chunk_frames} frames")
+            times = bench_form(form, stack, args.reps, n, runners, log)
+            result["forms"][form] = {"times": times, "chunks": spec.n_chunks}
+        log("producer costs")
+        costs: dict[str, list[float]] = {"help": [], "status": [], "plan": [], "plan_cli": []}
+        plan_parts: list[dict[str, float]] = []
+        for _ in range(max(3, args.reps)):
+            costs["help"].append(e2e.cli_seconds(redis_url, "--help"))
+            costs["status"].append(e2e.cli_seconds(redis_url, "status"))
+        for _ in range(args.plan_reps):
+            p = e2e.plan_publish(redis_url, args.plan_chunks, scratch)
+            plan_parts.append(p)
+            costs["plan"].append(p["in_process"])
+            costs["plan_cli"].append(p["cli"])
+        result["costs"] = costs
+        result["plan_parts"] = plan_parts
+    finally:
+        workers.stop(client)
+        single.stop(client)
+        noqueue.close()
+        delayed.close()
+    summarize(result, stack)
+    return result
+
+
+def summarize(result: dict[str, Any], stack: Stack) -> None:
+    gb = stack.nbytes / 1e9
+    for data in result["forms"].values():
+        med = {m: median(v) for m, v in data["times"].items()}
+        data["median_s"] = med
+        data["gbps"] = {m: gb / t for m, t in med.items()}
+        c_best = min(med["c_threads"], med["c_delayed"])
+        data["ratios"] = {
+            "a/b": med["b"] / med["a"],
+            "a/c": c_best / med["a"],
+            "a/d": med["d"] / med["a"],
+        }
+        if "a1" in med:
+            data["ratios"]["scaling"] = med["a1"] / med["a"]
+        data["overhead_ms_per_chunk"] = 1e3 * (med["a"] - med["b"]) / data["chunks"]
+
+
+def table(result: dict[str, Any]) -> str:
+    forms = list(result["forms"])
+    p = result["params"]
+    head = "| | " + " | ".join(LABELS.get(f, f) for f in forms) + " |"
+    rows = [head, "|---" * (len(forms) + 1) + "|"]
+    for m in METHODS:
+        if all(m in result["forms"][f]["gbps"] for f in forms):
+            cells = [
+                f"{result['forms'][f]['gbps'][m]:.2f} GB/s ({result['forms'][f]['median_s'][m]:.2f} s)"
+                for f in forms
+            ]
+            name = NAMES[m].replace("N ", f"{p['workers']} ")
+            rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    for key, label, goal in (
+        ("a/b", "(a)/(b), goal >= 0.9", 0.9),
+        ("a/c", "(a)/(best c), goal >= 1.4", 1.4),
+        ("a/d", "(a)/(d)", None),
+        ("scaling", "scaling 1 -> N workers, goal >= 1.8 (compressed)", 1.8),
+    ):
+        if all(key in result["forms"][f]["ratios"] for f in forms):
+            cells = []
+            for f in forms:
+                v = result["forms"][f]["ratios"][key]
+                ok = ""
+                if goal is not None and not (key == "scaling" and f == "none"):
+                    ok = " ok" if v >= goal else " **miss**"
+                cells.append(f"{v:.2f}{ok}")
+            rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    rows.append(
+        "| per-chunk overhead ((a) - (b)) / chunks | "
+        + " | ".join(
+            f"{result['forms'][f]['overhead_ms_per_chunk']:.1f} ms x {result['forms'][f]['chunks']}"
+            for f in forms
+        )
+        + " |"
+    )
+    return "\n".join(rows)
+
+
+def costs_table(result: dict[str, Any]) -> str:
+    c = result["costs"]
+    parts = result["plan_parts"]
+    chunks = int(parts[0]["chunks"]) if parts else 0
+    inner = {k: median([p[k] for p in parts]) for k in ("prepare", "write", "enqueue")}
+    rows = [
+        "| producer cost | median | goal |",
+        "|---|---|---|",
+        f"| plan + publish {chunks:,} chunks (prepare + write + enqueue, in process) | "
+        f"{median(c['plan']):.2f} s (prepare {inner['prepare']:.2f}, write {inner['write']:.2f}, "
+        f"enqueue {inner['enqueue']:.2f}) | < 10 s {_ok(median(c['plan']) < 10)} |",
+        f"| the same as one `producer submit` command | {median(c['plan_cli']):.2f} s | |",
+        f"| `producer --help` | {median(c['help']):.3f} s | < 0.3 s {_ok(median(c['help']) < 0.3)} |",
+        f"| `producer status` | {median(c['status']):.3f} s | < 0.5 s {_ok(median(c['status']) < 0.5)} |",
+    ]
+    return "\n".join(rows)
+
+
+def _ok(flag: bool) -> str:
+    return "ok" if flag else "**miss**"
+
+
+def report(result: dict[str, Any], command: str) -> str:
+    m = result["machine"]
+    p = result["params"]
+    sizes = ", ".join(
+        f"{LABELS.get(k, k)} {v / 2**20:,.0f} MiB" for k, v in p["file_bytes"].items()
+    )
+    return "\n".join(
+        [
+            "## End to end (`python -m bench`)",
+            "",
+            f"`{command}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
+            f"Machine: {m['cpu']}, {m['memory']}, {m['os']}, Python {m['python']}; {m['versions']}.",
+            "",
+            f"Input: {p['frames']} uint16 frames of {p['shape'][0]}x{p['shape'][1]} "
+            f"({p['nbytes'] / 2**30:.2f} GiB uncompressed; files: {sizes}), masked sum of one "
+            f"annulus region. GB/s = uncompressed bytes / median wall time of {p['reps']} "
+            f"interleaved repetitions, page cache warm, {p['workers']} worker processes.",
+            "",
+            table(result),
+            "",
+            costs_table(result),
+            "",
+        ]
+    )
+
+
+def write_results(text: str, path: str = RESULTS) -> None:
+    """Replace this benchmark's section of RESULTS.md (between markers), keep the rest."""
+    old = ""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            old = fh.read()
+    block = f"{BEGIN}\n{text}{END}\n"
+    if BEGIN in old and END in old:
+        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END) + 1 :]
+    else:
+        new = (old.rstrip("\n") + "\n\n" if old else "# Benchmark results\n\n") + block
+    with open(path + ".tmp", "w", encoding="utf-8") as fh:
+        fh.write(new)
+    os.replace(path + ".tmp", path)
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--frames", type=int, default=4096, help="frames (4096 x 512^2 = 2 GiB)")
+    ap.add_argument("--size", type=int, default=512, help="frame height and width")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="N (default: cores)")
+    ap.add_argument("--forms", default=",".join(FORMS))
+    ap.add_argument("--plan-chunks", type=int, default=100_000)
+    ap.add_argument("--plan-reps", type=int, default=3)
+    ap.add_argument("--no-scaling", action="store_true", help="skip the 1-worker runs")
+    ap.add_argument(
+        "--data", default=None, help="data folder (default $FRAMESTATS_BENCH_DATA or .bench-data)"
+    )
+    ap.add_argument("--redis-url", default=None, help="default $REDIS_URL")
+    ap.add_argument("--json", default=None, help="also write the raw results here")
+    ap.add_argument("--no-write", action="store_true", help="do not touch bench/RESULTS.md")
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    result = run(args)
+    command = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = report(result, command.strip())
+    print(text)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(result, fh, indent=1)
+    if not args.no_write:
+        write_results(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""The benchmarks keep working: tiny inputs, real workers and Redis; no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.timeout(600)
+def test_bench_runs_every_method_and_reports_ratios(tmp_path, redis_url):
+    out = tmp_path / "result.json"
+    args = ["--frames", "48", "--size", "64", "--reps", "1", "--workers", "2"]
+    args += ["--plan-chunks", "300", "--plan-reps", "1", "--data", str(tmp_path)]
+    args += ["--json", str(out), "--no-write"]
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=ROOT,
+        env={**os.environ, "REDIS_URL": redis_url},
+        capture_output=True,
+        text=True,
+        timeout=580,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert set(result["forms"]) == {"none", "gzip", "bslz4"}
+    for data in result["forms"].values():
+        assert set(data["ratios"]) == {"a/b", "a/c", "a/d", "scaling"}
+        assert all(v > 0 for v in data["ratios"].values())
+    assert result["plan_parts"][0]["chunks"] == 300
+    assert "(a)/(b)" in run.stdout and "producer --help" in run.stdout
+
+
+@pytest.mark.timeout(300)
+def test_gpu_bench_dry_run_on_cpu(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.gpu", "--dry-run", "--folder", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert "kernel on device" in run.stdout and "CPU worker" in run.stdout
