@@ -42,9 +42,15 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str, write: Any) -> None:
-    """Call ``write(tmp_path)``, fsync the temporary file, rename it to ``path``."""
-    tmp = f"{path}.tmp-{os.getpid()}"
+def write_atomic(path: str, write: Any, tmp_dir: str | None = None) -> None:
+    """Call ``write(tmp_path)``, fsync the temporary file, rename it to ``path``.
+
+    ``tmp_dir`` (same file system as ``path``) holds the temporary file, so one left by
+    a process killed mid-write is removed with that folder instead of lying beside
+    ``path``.
+    """
+    name = f"{os.path.basename(path)}.tmp-{os.getpid()}"
+    tmp = os.path.join(tmp_dir, name) if tmp_dir else f"{path}.tmp-{os.getpid()}"
     try:
         write(tmp)
         fd = os.open(tmp, os.O_RDONLY)
@@ -172,7 +178,7 @@ def finalize(spec: JobSpec, finished: float | None = None) -> dict[str, Any]:
             for k, v in attrs.items():
                 f.attrs[k] = v
 
-    write_atomic(spec.output, write)
+    write_atomic(spec.output, write, tmp_dir=spec.workdir)
     return {"output": spec.output, "frames": spec.n_frames, "regions": spec.n_regions}
 
 
