@@ -238,3 +238,93 @@ def test_unreachable_redis_names_url_fast(files):
     assert "redis://:***@127.0.0.1:1/0" in result.output
     assert "secret" not in result.output
     assert snapshot(folder) == before
+
+
+def test_mask_unreadable(files, redis_url, redis_client):
+    """A mask the user may not read: as root (which reads any file) the CLI runs with the
+    capabilities that bypass file permissions dropped (setpriv)."""
+    import shutil
+    import subprocess
+    import sys
+
+    folder, data, mask = files
+    os.chmod(mask, 0)
+    argv = [sys.executable, "-m", "producer", "submit", data, "--mask", mask]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("root reads any file and setpriv is missing to drop that capability")
+        argv = [setpriv, "--bounding-set=-dac_override,-dac_read_search", *argv]
+    before_files, before_keys = snapshot(folder), set(redis_client.keys("*"))
+    res = subprocess.run(
+        argv, env={**os.environ, "REDIS_URL": redis_url}, capture_output=True, text=True
+    )
+    lines = [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]
+    assert res.returncode == 2, res.stderr
+    assert lines == [f"error: mask file is not readable: {mask}"], lines
+    assert snapshot(folder) == before_files
+    assert set(redis_client.keys("*")) == before_keys
+
+
+def test_compression_filter_not_available(files, redis_url, redis_client):
+    """A dataset whose chunks need an HDF5 filter no plugin provides (id 40123)."""
+    from h5py import h5d, h5p, h5s, h5t, h5z
+
+    folder, _, mask = files
+    path = str(folder / "nofilter.h5")
+    with h5py.File(path, "w") as f:
+        dcpl = h5p.create(h5p.DATASET_CREATE)
+        dcpl.set_chunk((2, 6, 5))
+        # HDF5 refuses to create a dataset with an unregistered mandatory filter, so mark
+        # it optional; the chunks are written as if it had been applied (filter_mask 0).
+        dcpl.set_filter(40123, h5z.FLAG_OPTIONAL, (1,))
+        dsid = h5d.create(
+            f.id, b"data", h5t.NATIVE_UINT16, h5s.create_simple((10, 6, 5)), dcpl=dcpl
+        )
+        for i in range(5):
+            dsid.write_direct_chunk((2 * i, 0, 0), np.ones((2, 6, 5), "u2").tobytes(), 0)
+    line = run_bad(
+        folder,
+        redis_url,
+        redis_client,
+        ["submit", path, "--mask", mask],
+        "needs a compression filter that is not available",
+    )
+    assert "HDF5 filter id 40123" in line
+
+
+@pytest.mark.integration
+def test_corrupt_chunk_found_at_run_time(tmp_path, redis_url, module_worker):
+    """Frame 0 reads, so submit accepts the file; a damaged gzip chunk further on fails
+    the job with its frame range and the reason, and no output is written."""
+    from tests.workers import run_producer
+
+    frames = detector_frames(40, 16, 16, seed=4)
+    data = write_stack(str(tmp_path / "in.h5"), frames, form="gzip", chunk_frames=4)
+    with h5py.File(data, "r") as f:
+        info = f["/entry/data/data"].id.get_chunk_info(5)  # frames 20-23
+    with open(data, "r+b") as fh:
+        fh.seek(info.byte_offset + info.size // 3)
+        fh.write(b"\xff" * 24)
+    np.save(tmp_path / "m.npy", np.ones((16, 16), bool))
+    out = tmp_path / "out.h5"
+    res = run_producer(
+        redis_url,
+        "submit",
+        data,
+        "--mask",
+        str(tmp_path / "m.npy"),
+        "--output",
+        str(out),
+        "--chunk-frames",
+        "8",
+        "--queue",
+        module_worker.queue,
+        "--wait",
+    )
+    assert res.returncode != 0
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: job ") and " failed: " in last, last
+    assert "chunk 2 (frames 16-24): cannot read frames 16-24" in last, last
+    assert "filter returned failure during read" in last, last
+    assert not out.exists()
