@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -347,4 +348,17 @@ def demo(folder: str, frames: int) -> None:
 
 
 def main() -> None:
-    cli(prog_name="producer")
+    # The producer does no linear algebra: one BLAS thread spares every command the start
+    # and join of numpy's thread pool (with interpreter teardown, ~0.1 s; bench/RESULTS.md).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    try:
+        cli(prog_name="producer")
+    except SystemExit as exc:
+        # Everything a command writes is closed and synced by then; skip the interpreter's
+        # teardown of numpy, h5py, redis and celery modules.
+        code = exc.code
+        if isinstance(code, str):
+            print(code, file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else (0 if code is None else 1))
