@@ -208,12 +208,11 @@ def enqueue(
     spec: JobSpec, settings: Settings, client: Any, pending: Sequence[int], done: Sequence[int] = ()
 ) -> int:
     """Write the job's Redis state and publish the first window of tasks; returns tasks sent."""
-    from .broker import make_app, publish  # celery is imported only when publishing
+    from .wire import publish_chunks  # Celery's message without importing Celery (~0.15 s)
 
     jobs.create(client, spec, pending, done)
     window = jobs.pop_pending(client, spec.job_id, settings.window)
-    app = make_app(settings)
-    return publish(app, spec, window)
+    return publish_chunks(client, spec, window)
 
 
 def submit(request: SubmitRequest, settings: Settings) -> Prepared:

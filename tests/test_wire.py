@@ -1,0 +1,55 @@
+"""Chunk tasks written without Celery are the messages Celery itself writes."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from producer.broker import make_app, publish
+from producer.config import Settings
+from producer.messages import Segment
+from producer.wire import publish_chunks
+from tests.test_reader import spec_for
+
+#: Fields that differ between any two messages (fresh ids, the sending process).
+VOLATILE = {"id", "root_id", "origin", "correlation_id", "reply_to", "delivery_tag"}
+
+
+def _shape(message: dict) -> dict:
+    """The message with volatile values blanked and the body decoded."""
+    out = json.loads(json.dumps(message))
+    out["body"] = json.loads(base64.b64decode(out["body"]))
+    for part in ("headers", "properties"):
+        for key in VOLATILE & set(out[part]):
+            out[part][key] = type(out[part][key]).__name__
+    return out
+
+
+def test_message_matches_celery_send_task(redis_url, redis_client):
+    spec = spec_for([Segment("/data/in.h5", "/entry/data/data", 0, 10)], (4, 4), "uint16")
+    spec = type(spec)(**{**spec.__dict__, "queue": "wire-test", "boundaries": (0, 4, 10)})
+    redis_client.delete("wire-test")
+    app = make_app(Settings.from_env({"REDIS_URL": redis_url}))
+    try:
+        assert publish(app, spec, [1]) == 1
+        theirs = json.loads(redis_client.rpop("wire-test"))
+        assert publish_chunks(redis_client, spec, [1]) == 1
+        ours = json.loads(redis_client.rpop("wire-test"))
+        assert _shape(ours) == _shape(theirs)
+        assert ours["headers"]["id"] == ours["properties"]["correlation_id"]
+    finally:
+        redis_client.delete("wire-test", "_kombu.binding.wire-test")
+        app.close()
+
+
+def test_order_is_first_in_first_out(redis_client):
+    spec = spec_for([Segment("/data/in.h5", "/entry/data/data", 0, 9)], (4, 4), "uint16")
+    spec = type(spec)(**{**spec.__dict__, "queue": "wire-order", "boundaries": (0, 3, 6, 9)})
+    redis_client.delete("wire-order")
+    assert publish_chunks(redis_client, spec, [0, 1, 2]) == 3
+    assert publish_chunks(redis_client, spec, []) == 0
+    got = []
+    while (raw := redis_client.rpop("wire-order")) is not None:  # what BRPOP takes first
+        body = json.loads(base64.b64decode(json.loads(raw)["body"]))
+        got.append(body[0][0]["index"])
+    assert got == [0, 1, 2]
