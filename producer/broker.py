@@ -6,6 +6,8 @@ Importing this module does not import torch.
 
 from __future__ import annotations
 
+import os
+import ssl
 from collections.abc import Iterable
 from typing import Any
 
@@ -48,7 +50,20 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
+        **_tls(settings.redis_url),
     }
+
+
+def _tls(url: str) -> dict[str, Any]:
+    """For ``rediss://``: verify the server's certificate, as redis-py does for job state.
+
+    kombu alone would default to ``ssl_cert_reqs=CERT_NONE`` (no verification, only a
+    warning), handing the password to whoever answers. ``ssl_*`` parameters in the URL
+    (``?ssl_ca_certs=/ca.pem``, ``?ssl_cert_reqs=none``) still take precedence.
+    """
+    if not url.lower().startswith("rediss://"):
+        return {}
+    return {"broker_use_ssl": {"ssl_cert_reqs": ssl.CERT_REQUIRED}}
 
 
 def make_app(settings: Settings, include: Iterable[str] = ()) -> Celery:
@@ -57,15 +72,37 @@ def make_app(settings: Settings, include: Iterable[str] = ()) -> Celery:
     return app
 
 
+#: Settings that name serializers a worker would decode; only JSON may appear in them.
+_SERIALIZER_SETTINGS = (
+    "accept_content",
+    "result_accept_content",
+    "task_serializer",
+    "result_serializer",
+    "event_serializer",
+)
+
+
 def check_safe(app: Celery) -> None:
-    """Refuse a configuration that would accept pickle (code execution from the queue)."""
-    accepted = {str(c).lower() for c in (app.conf.accept_content or [])}
-    serializers = {str(app.conf.task_serializer).lower(), str(app.conf.result_serializer).lower()}
-    unsafe = {c for c in accepted | serializers if "pickle" in c or "yaml" in c or "msgpack" in c}
-    if unsafe or accepted - {"json", "application/json"}:
-        raise ConfigError(
-            f"unsafe Celery configuration: accept_content={sorted(accepted)}; only JSON is allowed"
-        )
+    """Refuse a configuration that would accept pickle (code execution from the queue).
+
+    Checks the settings in effect and those of a Celery config module named by
+    ``CELERY_CONFIG_MODULE`` (Celery's own variable): our settings override its
+    ``accept_content``, but a module asking for pickle is refused, not silently ignored.
+    """
+    sources: list[tuple[str, Any]] = [("in effect", app.conf)]
+    module = os.environ.get("CELERY_CONFIG_MODULE")
+    if module:
+        sources.append((f"set by CELERY_CONFIG_MODULE={module}", app.loader.conf))
+    for where, conf in sources:
+        for key in _SERIALIZER_SETTINGS:
+            value = conf.get(key) or conf.get("CELERY_" + key.upper())  # old-style names too
+            values = [value] if isinstance(value, str) else list(value or [])
+            bad = [str(v) for v in values if str(v).lower() not in ("json", "application/json")]
+            if bad:
+                raise ConfigError(
+                    f"unsafe Celery configuration: {key}={values!r} {where}; "
+                    "only JSON is allowed (pickle would run code sent through Redis)"
+                )
 
 
 def publish(app: Celery, spec: JobSpec, indices: Iterable[int]) -> int:

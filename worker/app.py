@@ -6,10 +6,27 @@ the worker at start.
 
 from __future__ import annotations
 
-from producer.broker import make_app
+import sys
+from typing import Any
+
+from celery.signals import worker_init
+
+from producer.broker import check_safe, make_app
 from producer.config import Settings
+from producer.errors import ConfigError
 
 settings = Settings.from_env()
 app = make_app(settings, include=["worker.tasks"])
+
+
+@worker_init.connect
+def _refuse_unsafe_configuration(**_: Any) -> None:
+    """``celery -A worker.app worker`` started without our CLI refuses pickle as well."""
+    try:
+        check_safe(app)
+    except ConfigError as exc:  # Celery logs and ignores exceptions of signal handlers
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from exc
+
 
 __all__ = ["app", "settings"]

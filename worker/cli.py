@@ -151,4 +151,10 @@ def health() -> None:
 
 
 def main() -> None:
-    cli(prog_name="worker")
+    from producer.errors import FramestatsError
+
+    try:
+        cli(prog_name="worker")
+    except FramestatsError as exc:  # e.g. an unsafe (pickle) configuration: one line, no trace
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)

@@ -62,23 +62,60 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class TLSFiles:
+    """A test CA and a server certificate it signed (for 127.0.0.1 and localhost)."""
+
+    ca: str
+    cert: str
+    key: str
+
+
+def make_tls(folder: str) -> TLSFiles:
+    """A throw-away CA and server certificate, made with the openssl command."""
+    if shutil.which("openssl") is None:
+        raise RuntimeError("openssl is not installed")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "san.ext"), "w", encoding="ascii") as fh:
+        fh.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "2", "-subj", "/CN=framestats test CA")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+        "-subj", "/CN=localhost")  # fmt: skip
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext")  # fmt: skip
+    return TLSFiles(*(os.path.join(folder, n) for n in ("ca.pem", "server.pem", "server.key")))
+
+
 class PrivateRedis:
     """A ``redis-server`` of the test's own: another port, no persistence, stopped by pid."""
 
-    def __init__(self, folder: str, password: str | None = None) -> None:
+    def __init__(
+        self, folder: str, password: str | None = None, tls: TLSFiles | None = None
+    ) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server is not installed")
         self.exe = exe
         self.folder = folder
         self.password = password
+        self.tls = tls
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         os.makedirs(folder, exist_ok=True)
 
-    def url(self, db: int = 0) -> str:
+    def url(self, db: int = 0, ca: str | None = None) -> str:
+        """The server's URL; with TLS, ``rediss://`` trusting ``ca`` (default: its CA)."""
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+        if self.tls is None:
+            return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+        ca = self.tls.ca if ca is None else ca
+        query = f"?ssl_ca_certs={ca}" if ca else ""
+        return f"rediss://{auth}127.0.0.1:{self.port}/{db}{query}"
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url(), decode_responses=True, socket_connect_timeout=2)
@@ -101,6 +138,18 @@ class PrivateRedis:
         ]
         if self.password:
             argv += ["--requirepass", self.password]
+        if self.tls is not None:
+            argv[1:3] = ["--port", "0", "--tls-port", str(self.port)]
+            argv += [
+                "--tls-cert-file",
+                self.tls.cert,
+                "--tls-key-file",
+                self.tls.key,
+                "--tls-ca-cert-file",
+                self.tls.ca,
+                "--tls-auth-clients",
+                "no",
+            ]
         self.proc = subprocess.Popen(
             argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
         )
