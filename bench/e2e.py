@@ -110,16 +110,25 @@ def producer(redis_url: str, *args: str, timeout: float = 600) -> tuple[float, s
 
 
 def submit_wait(
-    redis_url: str, workers: Workers, path: str, mask: str, output: str, extra: tuple[str, ...] = ()
-) -> tuple[float, np.ndarray, int]:
-    """(a) once: wall seconds of ``producer submit --wait``, the sums, and chunks."""
+    redis_url: str, workers: Workers, path: str, mask: str, output: str
+) -> tuple[np.ndarray, dict[str, float]]:
+    """(a) once: the sums, and seconds: ``wall`` (the command, start to exit) and ``job``
+    (from the job's creation in Redis to its end: without the CLI's start-up and checks).
+    """
+    from producer import jobs
+
     args: tuple[str, ...] = ("submit", path, "--mask", mask, "--output", output)
-    args += ("--stats", "sum", "--queue", workers.queue, "--wait", "--overwrite", *extra)
-    seconds, _ = producer(redis_url, *args)
+    args += ("--stats", "sum", "--queue", workers.queue, "--wait", "--overwrite")
+    seconds, stdout = producer(redis_url, *args)
+    client = jobs.connect(redis_url)
+    try:
+        job = jobs.get(client, stdout.split()[0]) or {}
+    finally:
+        client.close()
     with h5py.File(output, "r") as f:
         sums = f["results/sum"][:, 0]
-        chunks = int(f.attrs["n_chunks"])
-    return seconds, sums, chunks
+    times = {"wall": seconds, "job": float(job["finished"]) - float(job["submitted"])}
+    return sums, times
 
 
 def cli_seconds(redis_url: str, *args: str) -> float:

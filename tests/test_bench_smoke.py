@@ -32,7 +32,7 @@ def test_bench_runs_every_method_and_reports_ratios(tmp_path, redis_url):
     result = json.loads(out.read_text())
     assert set(result["forms"]) == {"none", "gzip", "bslz4"}
     for data in result["forms"].values():
-        assert set(data["ratios"]) == {"a/b", "a/c", "a/d", "scaling"}
+        assert {"a/b", "a/c", "a/d", "scaling"} <= set(data["ratios"])
         assert all(v > 0 for v in data["ratios"].values())
     assert result["plan_parts"][0]["chunks"] == 300
     assert "(a)/(b)" in run.stdout and "producer --help" in run.stdout
