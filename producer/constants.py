@@ -80,6 +80,11 @@ def job_events_key(job_id: str) -> str:
     return f"{KEY_PREFIX}job:{job_id}:events"
 
 
+def job_successors_key(job_id: str) -> str:
+    """Hash chunk index -> the pending chunk its completion released ('+' once published)."""
+    return f"{KEY_PREFIX}job:{job_id}:successors"
+
+
 def job_keys(job_id: str) -> list[str]:
     """Every key that belongs to one job."""
     return [
@@ -91,6 +96,7 @@ def job_keys(job_id: str) -> list[str]:
         job_workers_key(job_id),
         job_finalize_lock_key(job_id),
         job_events_key(job_id),
+        job_successors_key(job_id),
     ]
 
 

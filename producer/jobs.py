@@ -108,6 +108,38 @@ def pop_pending(client: Client, job_id: str, count: int = 1) -> list[int]:
     return [int(x) for x in got] if got else []
 
 
+_TAKE_SUCCESSOR = """
+local got = redis.call('hget', KEYS[2], ARGV[1])
+if got then
+  if string.sub(got, 1, 1) == '+' then return false end
+  return got
+end
+got = redis.call('lpop', KEYS[1]) or ''
+redis.call('hset', KEYS[2], ARGV[1], got)
+return got
+"""
+
+
+def take_successor(client: Client, job_id: str, index: int) -> list[int] | None:
+    """The pending chunk that finished chunk ``index`` releases into the queue window.
+
+    Taken off the pending list once per finished chunk and remembered, so a delivery of
+    chunk ``index`` after its process died between taking and publishing gets the same
+    chunk again: nothing pending is lost. ``[]`` when nothing is pending; None when the
+    successor was already published (``successor_published``).
+    """
+    got = client.eval(
+        _TAKE_SUCCESSOR, 2, C.job_pending_key(job_id), C.job_successors_key(job_id), str(index)
+    )
+    if got is None:
+        return None
+    return [int(got)] if got else []
+
+
+def successor_published(client: Client, job_id: str, index: int, successor: list[int]) -> None:
+    client.hset(C.job_successors_key(job_id), str(index), "+" + ",".join(map(str, successor)))
+
+
 def get(client: Client, job_id: str) -> dict[str, str] | None:
     data = client.hgetall(C.job_key(job_id))
     return data or None

@@ -153,9 +153,13 @@ def reduce_chunk(self: Task, payload: dict[str, Any]) -> str:
     )
     rt.heartbeat.chunk_finished(frames, frames * spec.frame_bytes, seconds)
     monitor.record_chunk_latency(rt.client, seconds)
-    # Top the window up: one finished chunk releases one pending chunk.
+    # Top the window up: one finished chunk releases one pending chunk, once; a delivery
+    # after a crash between taking and publishing it publishes the same one again.
     if jobs.state(rt.client, task.job_id) in (JobState.QUEUED, JobState.RUNNING):
-        publish(self.app, spec, jobs.pop_pending(rt.client, task.job_id))
+        successor = jobs.take_successor(rt.client, task.job_id, task.index)
+        if successor is not None:
+            publish(self.app, spec, successor)
+            jobs.successor_published(rt.client, task.job_id, task.index, successor)
     if done >= spec.n_chunks:
         publish_finalize(self.app, spec)
     return "done"

@@ -171,7 +171,7 @@ def submit_job(
 ) -> Callable[..., Job]:
     """Submit the fault tests' job (no --wait) to this test's queue; returns a Job."""
 
-    def run(output: str | None = None, *extra: str) -> Job:
+    def run(output: str | None = None, *extra: str, **env: str) -> Job:
         return submit(
             fault_redis.url(),
             fault_client,
@@ -180,7 +180,7 @@ def submit_job(
             output or fault_data.output("out.h5"),
             queue,
             *job_args(*extra),
-            env=worker_env,
+            env={**worker_env, **env},
         )
 
     return run

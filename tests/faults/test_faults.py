@@ -28,6 +28,7 @@ from tests.faults.util import (
     N_FRAMES,
     OutputWatch,
     assert_identical,
+    emulate_death_after_take,
     find_mid_chunk,
     full_log,
     kill_mid_chunk,
@@ -385,3 +386,21 @@ def test_output_folder_unwritable_mid_job_then_resume(
     assert data["state"] == "done", data
     assert_identical(output, reference)
     assert (sha256(fault_data.data), sha256(fault_data.mask)) == before
+
+
+def test_worker_killed_between_taking_and_publishing_the_next_chunk(
+    fault_redis, fault_client, reference, submit_job, queue, worker_env, tmp_path
+):
+    """Fault 1, at its most awkward moment: a finished chunk takes the next pending chunk
+    off the list to publish it (the queue window) and its process dies before the
+    publish. Emulated exactly: the test leaves Redis as that process would have left it,
+    then the chunk is delivered again (as after the crash). Nothing may be lost."""
+    job = submit_job(None, FRAMESTATS_WINDOW="2")  # chunks 0 and 1 queued, 2-19 pending
+    assert fault_client.llen(queue) == 2
+    taken = emulate_death_after_take(fault_client, job.job_id, 0)
+    assert taken == [2]
+    with workers(fault_redis.url(), str(tmp_path), queue, **worker_env):
+        data = job.wait(timeout=60)
+    assert data["state"] == "done", data
+    assert_identical(job.output, reference)
+    assert int(data["frames_done"]) == N_FRAMES

@@ -23,6 +23,7 @@ import numpy as np
 import redis
 
 from producer import constants as C
+from producer import jobs
 from producer.paths import chunk_path
 from tests.workers import WorkerProcess, run_producer, start_worker
 
@@ -494,3 +495,11 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 def pool_pids(client: redis.Redis, worker: WorkerProcess) -> list[int]:
     """Live pool processes of the worker (from their heartbeats)."""
     return [pid for pid in worker.pids(client) if owned_by(pid, worker)]
+
+
+def emulate_death_after_take(client: redis.Redis, job_id: str, index: int) -> list[int]:
+    """Leave Redis as a process that finished chunk ``index``, took the next pending chunk
+    for the queue window and died before publishing it would have left it."""
+    taken = jobs.take_successor(client, job_id, index)
+    assert taken is not None
+    return taken
