@@ -421,6 +421,42 @@ def test_data_root_applies_to_linked_and_virtual_source_files(tmp_path, redis_ur
         assert not any(p.name.endswith(".parts") for p in inside.iterdir())
 
 
+@pytest.mark.parametrize("which", ["linked", "virtual"])
+def test_unreadable_linked_or_source_file_is_named(tmp_path, which, redis_url, redis_client):
+    """As root (which reads any file) the CLI runs without the capabilities that bypass
+    file permissions (setpriv), as in test_submit_validation."""
+    import shutil
+    import subprocess
+    import sys
+
+    blocks = [detector_frames(2, H, W, seed=i) for i in range(2)]
+    if which == "linked":
+        data = write_eiger(str(tmp_path), "s", blocks)
+        culprit = str(tmp_path / "s_data_000002.h5")
+        expect = f"input file is not readable: {culprit} (linked from {data}:"
+    else:
+        data, parts = write_vds(str(tmp_path), "v", blocks)
+        culprit = parts[1]
+        expect = f"is not readable: {culprit}"
+    os.chmod(culprit, 0)
+    np.save(tmp_path / "m.npy", np.ones((H, W), bool))
+    argv = [sys.executable, "-m", "producer", "submit", data, "--mask", str(tmp_path / "m.npy")]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("root reads any file and setpriv is missing to drop that capability")
+        argv = [setpriv, "--bounding-set=-dac_override,-dac_read_search", *argv]
+    before_files, before_keys = snapshot(tmp_path), set(redis_client.keys("*"))
+    res = subprocess.run(
+        argv, env={**os.environ, "REDIS_URL": redis_url}, capture_output=True, text=True
+    )
+    lines = [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]
+    assert res.returncode == 2, res.stderr
+    assert len(lines) == 1 and expect in lines[0], lines
+    assert snapshot(tmp_path) == before_files
+    assert set(redis_client.keys("*")) == before_keys
+
+
 def test_detector_mask_of_wrong_shape(tmp_path, redis_url, redis_client):
     master = write_eiger(
         str(tmp_path), "odd", [detector_frames(2, H, W)], pixel_mask=np.zeros((3, 3), np.uint32)
