@@ -28,7 +28,9 @@ BASE_ENV = {"PYTHONUNBUFFERED": "1"}
 
 
 def _env(redis_url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    return {**os.environ, **BASE_ENV, "REDIS_URL": redis_url, **(extra or {})}
+    # Bytecode is cached as in any installed copy (a sandbox may switch that off).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, **BASE_ENV, "REDIS_URL": redis_url, **(extra or {})}
 
 
 @dataclass
@@ -122,7 +124,9 @@ def submit_wait(
     seconds, stdout = producer(redis_url, *args)
     client = jobs.connect(redis_url)
     try:
-        job = jobs.get(client, stdout.split()[0]) or {}
+        job_id = stdout.split()[0]
+        job = jobs.get(client, job_id) or {}
+        jobs.delete(client, job_id)  # leave the database as it was
     finally:
         client.close()
     with h5py.File(output, "r") as f:
