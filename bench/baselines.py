@@ -30,9 +30,10 @@ import numpy as np
 BLOCK = 64
 
 
-def _init_process(threads: int) -> None:
+def _init_process(threads: int, env: dict[str, str]) -> None:
     import torch
 
+    os.environ.update(env)
     torch.set_num_threads(threads)
 
 
@@ -66,15 +67,19 @@ def _warm(_: int) -> int:
 
 
 class NoQueue:
-    """(b): a warm spawn pool of N processes, one contiguous share of chunks each."""
+    """(b): a warm spawn pool of N processes, one contiguous share of chunks each.
 
-    def __init__(self, processes: int) -> None:
+    ``env`` is set in each process (FRAMESTATS_PREFETCH, FRAMESTATS_DECODE_THREADS: the
+    reader's choices, to measure them without the queue).
+    """
+
+    def __init__(self, processes: int, env: dict[str, str] | None = None) -> None:
         self.processes = processes
         self.pool = ProcessPoolExecutor(
             processes,
             mp_context=mp.get_context("spawn"),
             initializer=_init_process,
-            initargs=(1,),
+            initargs=(1, env or {}),
         )
         # Import torch and the worker in every process before anything is timed.
         pids: set[int] = set()

@@ -30,13 +30,15 @@ from .data import DATASET, FORMS, Stack, data_root, ensure_stack, file_sizes
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 BEGIN, END = "<!-- bench.run:begin -->", "<!-- bench.run:end -->"
 LABELS = {"none": "contiguous", "gzip": "gzip 4 + shuffle", "bslz4": "Bitshuffle-LZ4"}
-METHODS = ("a", "a_job", "a1", "a1_job", "b", "c_threads", "c_delayed", "d")
+METHODS = ("a", "a_job", "a1", "a1_job", "b", "b_prefetch", "b_hdf5", "c_threads", "c_delayed", "d")
 NAMES = {
     "a": "(a) producer submit --wait, N workers",
     "a_job": "(a) counted from the job's creation in Redis (no CLI start-up, no checks)",
     "a1": "(a1) the same, 1 worker",
     "a1_job": "(a1) counted from the job's creation",
     "b": "(b) N plain processes, same read + kernel",
+    "b_prefetch": "(b) with FRAMESTATS_PREFETCH=1 (read ahead in a thread)",
+    "b_hdf5": "(b) with FRAMESTATS_DECODE_THREADS=0 (HDF5 decodes Bitshuffle)",
     "c_threads": "(c) Dask from_array, threads",
     "c_delayed": "(c') Dask delayed by path, processes",
     "d": "(d) article's vectorized form, 1 process",
@@ -134,6 +136,8 @@ def form_runners(
     single: e2e.Workers | None,
     noqueue: baselines.NoQueue,
     delayed: baselines.DaskDelayed,
+    variants: dict[str, baselines.NoQueue],
+    form: str,
 ) -> dict[str, Callable[[], Outcome]]:
     """One callable per method for one file; each returns the per-frame sums."""
     runners: dict[str, Callable[[], Outcome]] = {
@@ -145,6 +149,10 @@ def form_runners(
     }
     if single is not None:
         runners["a1"] = lambda: e2e.submit_wait(redis_url, single, path, stack.mask, out_a)
+    if "b_prefetch" in variants:
+        runners["b_prefetch"] = lambda: variants["b_prefetch"].run(spec, mask)
+    if "b_hdf5" in variants and form == "bslz4":
+        runners["b_hdf5"] = lambda: variants["b_hdf5"].run(spec, mask)
     return runners
 
 
@@ -182,6 +190,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     single = e2e.start_workers(redis_url, 1, scratch)
     noqueue = baselines.NoQueue(n)
     delayed = baselines.DaskDelayed(n)
+    variants: dict[str, baselines.NoQueue] = {}
+    if not args.no_variants:
+        variants["b_prefetch"] = baselines.NoQueue(n, {"FRAMESTATS_PREFETCH": "1"})
+        variants["b_hdf5"] = baselines.NoQueue(n, {"FRAMESTATS_DECODE_THREADS": "0"})
     try:
         workers.wait_ready(client)
         single.wait_ready(client)
@@ -211,6 +223,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 None if args.no_scaling else single,
                 noqueue,
                 delayed,
+                variants,
+                form,
             )
             log(f"{form}: {spec.n_chunks} chunks of {spec.chunk_frames} frames")
             times = bench_form(form, args.reps, runners, log)
@@ -233,6 +247,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         single.stop(client)
         noqueue.close()
         delayed.close()
+        for pool in variants.values():
+            pool.close()
     summarize(result, stack)
     return result
 
@@ -263,9 +279,11 @@ def table(result: dict[str, Any]) -> str:
     head = "| | " + " | ".join(LABELS.get(f, f) for f in forms) + " |"
     rows = [head, "|---" * (len(forms) + 1) + "|"]
     for m in METHODS:
-        if all(m in result["forms"][f]["gbps"] for f in forms):
+        if any(m in result["forms"][f]["gbps"] for f in forms):
             cells = [
                 f"{result['forms'][f]['gbps'][m]:.2f} GB/s ({result['forms'][f]['median_s'][m]:.2f} s)"
+                if m in result["forms"][f]["gbps"]
+                else "-"
                 for f in forms
             ]
             name = NAMES[m].replace("N ", f"{p['workers']} ")
@@ -372,6 +390,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--plan-chunks", type=int, default=100_000)
     ap.add_argument("--plan-reps", type=int, default=3)
     ap.add_argument("--no-scaling", action="store_true", help="skip the 1-worker runs")
+    ap.add_argument(
+        "--no-variants", action="store_true", help="skip (b) with prefetch / HDF5 decoding"
+    )
     ap.add_argument(
         "--data", default=None, help="data folder (default $FRAMESTATS_BENCH_DATA or .bench-data)"
     )
