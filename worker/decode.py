@@ -19,8 +19,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import h5py
 import numpy as np
@@ -172,39 +171,26 @@ class ChunkDecoder:
             pos += hi - lo
         return jobs
 
-    def submit(self, first: int, out: np.ndarray) -> Callable[[], None]:
-        """Start reading frames [first, first + len(out)) into ``out``; call the result to wait."""
+    def read(self, first: int, out: np.ndarray) -> None:
+        """Frames [first, first + len(out)) into ``out`` (C-contiguous, the dataset's dtype)."""
         jobs = self._jobs(first, out)
         if self._pool is None or len(jobs) == 1:
-            for job in jobs:
-                self._decode_chunk(*job)
-            return _done
+            self._decode_many(jobs)
+            return
         # Small chunks go in groups so that a task is worth its hand-over (~10 us).
         per_task = max(1, TASK_BYTES // self.chunk_bytes)
-        futures: list[Future[None]] = [
+        futures = [
             self._pool.submit(self._decode_many, jobs[i : i + per_task])
             for i in range(0, len(jobs), per_task)
         ]
-
-        def wait() -> None:
-            for f in futures:
-                f.result()
-
-        return wait
+        for f in futures:
+            f.result()
 
     def _decode_many(self, jobs: list[tuple[int, int, int, np.ndarray]]) -> None:
         for job in jobs:
             self._decode_chunk(*job)
 
-    def read(self, first: int, out: np.ndarray) -> None:
-        """Frames [first, first + len(out)) into ``out`` (C-contiguous, the dataset's dtype)."""
-        self.submit(first, out)()
-
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
-
-
-def _done() -> None:
-    return None

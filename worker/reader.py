@@ -13,7 +13,7 @@ and reducing use different resources (a GPU worker), not where one core does bot
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import h5py
@@ -133,35 +133,22 @@ class FrameReader:
                 yield pos, n, seg, dset, first
                 pos += n
 
-    def _start_read(
+    def _read(
         self, pos: int, n: int, seg: Segment, dset: h5py.Dataset, first: int, buf: np.ndarray
-    ) -> Callable[[], None]:
-        """Begin reading one block into ``buf``; call the result to wait for it."""
-
-        def fail(exc: BaseException) -> TransientChunkError:
-            return TransientChunkError(
-                f"cannot read frames {pos}-{pos + n} ({seg.path}:{seg.dataset}[{first}:"
-                f"{first + n * seg.step}]): {exc}",
-                frames=(pos, pos + n),
-            )
-
+    ) -> None:
+        """Read one block into ``buf``."""
         decoder = self._decoder(seg, dset) if seg.step == 1 else None
         try:
             if decoder is not None:
-                wait = decoder.submit(first, buf)
+                decoder.read(first, buf)
             else:
                 dset.read_direct(buf, source_sel=np.s_[first : first + n * seg.step : seg.step])
-                wait = _done
         except (OSError, RuntimeError, ValueError) as exc:
-            raise fail(exc) from exc
-
-        def finish() -> None:
-            try:
-                wait()
-            except (OSError, RuntimeError, ValueError) as exc:
-                raise fail(exc) from exc
-
-        return finish
+            raise TransientChunkError(
+                f"cannot read frames {pos}-{pos + n} ({seg.path}:{seg.dataset}[{first}:"
+                f"{first + n * seg.step}]): {exc}",
+                frames=(pos, pos + n),
+            ) from exc
 
     def blocks(self, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (global first frame, frames) covering [start, stop); the arrays are reused.
@@ -171,7 +158,7 @@ class FrameReader:
         if not self.prefetch:
             for pos, n, seg, dset, first in self._plan(start, stop):
                 buf = self._buffer_for(n)
-                self._start_read(pos, n, seg, dset, first, buf)()
+                self._read(pos, n, seg, dset, first, buf)
                 yield pos, buf
             return
         if self._io is None:
@@ -185,7 +172,7 @@ class FrameReader:
                 return None
             pos, n, seg, dset, first = item
             buf = self._buffer_for(n, slot)
-            self._start_read(pos, n, seg, dset, first, buf)()
+            self._read(pos, n, seg, dset, first, buf)
             return pos, buf
 
         slot = 0
@@ -220,7 +207,3 @@ class FrameReader:
                 pass
         self._files.clear()
         self._buffers = [None, None]
-
-
-def _done() -> None:
-    return None
