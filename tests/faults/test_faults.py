@@ -160,7 +160,7 @@ def test_duplicate_messages_are_not_counted_twice(
     fault_redis, fault_client, reference, submit_job, queue, worker_env, tmp_path
 ):
     """Fault 4: the same chunk message delivered twice (copied by hand in the Redis list)."""
-    job = submit_job()
+    job = submit_job(None, FRAMESTATS_WINDOW="64")  # every chunk's message in the list
     raw = fault_client.lrange(queue, 0, -1)  # kombu LPUSHes, workers BRPOP: oldest is last
     n_chunks = int(job.data()["n_chunks"])
     assert len(raw) == n_chunks
@@ -208,21 +208,6 @@ def test_sigterm_mid_chunk_finishes_it(
             second.stop()
     assert data["state"] == "done", data
     assert_identical(job.output, reference)
-    assert int(data["frames_done"]) == N_FRAMES
-
-
-def test_sigterm_to_pool_process_requeues_its_chunk(
-    fault_redis, fault_client, reference, submit_job, queue, worker_env, tmp_path
-):
-    """Fault 5 (pool process): SIGTERM to the process running a chunk: it runs again."""
-    with workers(fault_redis.url(), str(tmp_path), queue, **worker_env) as [worker]:
-        job = submit_job()
-        pid, index = kill_mid_chunk(fault_client, worker, job, sig=signal.SIGTERM)
-        wait_pid_gone(pid)
-        data = job.wait()
-    assert data["state"] == "done", data
-    assert_identical(job.output, reference)
-    assert job.deliveries()[index] >= 2
     assert int(data["frames_done"]) == N_FRAMES
 
 

@@ -48,6 +48,7 @@ RUN_SPECIFIC_ATTRS = frozenset({"job_id", "start_time", "end_time", "workers"})
 #: Worker settings for fault tests: fast redelivery so the suite stays cheap. The
 #: production bound (45 s + 5 s) is measured by test_production_redelivery_bound.
 FAULT_ENV = {
+    "FRAMESTATS_WINDOW": "4",  # 4 of the 20 chunks queued at once: top-ups happen under faults
     "FRAMESTATS_VISIBILITY_TIMEOUT": "8",
     "FRAMESTATS_RESTORE_INTERVAL": "1",
     "FRAMESTATS_FINALIZE_LOCK_TTL": "4",
