@@ -30,6 +30,40 @@ from .decode import ChunkDecoder, default_threads
 DEFAULT_BLOCK_BYTES = 32 * 1024 * 1024
 
 
+def check_links(f: h5py.File, name: str, roots: tuple[str, ...]) -> None:
+    """Refuse a dataset that HDF5 would read from a file outside DATA_ROOT.
+
+    External links (at any level of ``name``) and virtual-dataset sources are checked
+    before HDF5 follows them, resolved as HDF5 first tries them (relative to the file
+    holding them). A target missing there is refused too: HDF5 would go on to search
+    other folders (HDF5_EXT_PREFIX, HDF5_VDS_PREFIX, the working directory).
+    """
+    if not roots:
+        return
+    group: h5py.Group = f
+    for part in [p for p in name.split("/") if p]:
+        link = group.get(part, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            _check_target(link.filename, group.file.filename, roots, f"external link in {name}")
+        obj = group.get(part)
+        if isinstance(obj, h5py.Dataset):
+            if obj.is_virtual:
+                for src in obj.virtual_sources():
+                    if src.file_name != ".":
+                        _check_target(src.file_name, obj.file.filename, roots, f"source of {name}")
+            return
+        if not isinstance(obj, h5py.Group):
+            return  # missing: the caller reports it
+        group = obj
+
+
+def _check_target(target: str, holder: str, roots: tuple[str, ...], what: str) -> None:
+    path = os.path.join(os.path.dirname(os.path.realpath(holder)), target)
+    check_allowed(path, roots)
+    if not os.path.exists(path):
+        raise PermanentChunkError(f"{what} names {target}, which is not at {path}")
+
+
 class FrameReader:
     """Reads global frame ranges of one job, keeping its files open across chunks."""
 
@@ -49,6 +83,7 @@ class FrameReader:
         self.decode_threads = decode_threads
         self.prefetch = prefetch
         self._files: dict[str, h5py.File] = {}
+        self._links_checked: set[tuple[str, str]] = set()
         self._decoders: dict[tuple[str, str], ChunkDecoder | None] = {}
         self._buffers: list[np.ndarray | None] = [None, None]
         self._io: ThreadPoolExecutor | None = None
@@ -86,6 +121,9 @@ class FrameReader:
                 raise TransientChunkError(f"cannot open {seg.path}: {exc}") from exc
             self._files[seg.path] = f
         try:
+            if (seg.path, seg.dataset) not in self._links_checked:
+                check_links(f, seg.dataset, self.data_root)
+                self._links_checked.add((seg.path, seg.dataset))
             return f[seg.dataset]
         except KeyError as exc:
             raise PermanentChunkError(f"dataset {seg.dataset} missing in {seg.path}") from exc

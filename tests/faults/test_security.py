@@ -389,3 +389,43 @@ def test_rediss_verifies_the_server_and_redacts(small, fault_root, tmp_path):
         assert password not in text
     with h5py.File(output, "r") as f:
         assert f["results"]["sum"].shape == (16, 1)
+
+
+@pytest.mark.parametrize("kind", ["external-dataset", "external-group", "virtual"])
+def test_hdf5_links_out_of_data_root_are_refused(
+    fault_redis, fault_client, fault_root, fault_data, guarded_worker, small, outside, kind
+):
+    """A file inside DATA_ROOT whose frames HDF5 would fetch from a file outside it (an
+    external link, at the dataset or at a group above it, or a virtual dataset's source):
+    the worker refuses it before HDF5 follows the link, naming the outside file."""
+    data, mask = small
+    job = submit(
+        fault_redis.url(), fault_client, data, mask, fault_data.output("j.h5"),
+        "q-idle-" + uuid.uuid4().hex[:8], env={"DATA_ROOT": fault_root},
+    )  # fmt: skip
+    spec = JobSpec.load(os.path.join(job.workdir, "manifest.json"))
+    target = os.path.join(outside, "secret.h5")
+    frames = detector_frames(16, 16, 16, seed=9)
+    with h5py.File(target, "w") as f:
+        f.create_dataset("/entry/data/data", data=frames)
+    linked = os.path.join(os.path.dirname(spec.output), f"linked-{kind}.h5")
+    with h5py.File(linked, "w") as f:
+        if kind == "external-dataset":
+            f["/entry/data/data"] = h5py.ExternalLink(target, "/entry/data/data")
+        elif kind == "external-group":
+            f["/entry"] = h5py.ExternalLink(
+                os.path.relpath(target, os.path.dirname(linked)), "/entry"
+            )
+        else:
+            layout = h5py.VirtualLayout(shape=frames.shape, dtype=frames.dtype)
+            layout[:] = h5py.VirtualSource(target, "/entry/data/data", shape=frames.shape)
+            f.create_virtual_dataset("/entry/data/data", layout)
+    forged = os.path.join(os.path.dirname(spec.output), f"forged-{kind}.json")
+    with open(forged, "w") as fh:
+        fh.write(replace(spec, segments=(replace(spec.segments[0], path=linked),)).dumps())
+    app = make_app(Settings.from_env({"REDIS_URL": fault_redis.url()}))
+    payload = {**spec.chunk(0).to_json(), "manifest": forged}
+    app.send_task(TASK_REDUCE, args=[payload], queue=guarded_worker.queue)
+    state = job.wait(("failed", "done"), timeout=30)
+    assert state["state"] == "failed", state
+    assert "secret.h5 is outside DATA_ROOT" in state["reason"], state["reason"]
