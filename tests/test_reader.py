@@ -55,6 +55,9 @@ def read_all(reader: FrameReader, start: int, stop: int, shape) -> np.ndarray:
 
 BSLZ4 = dict(hdf5plugin.Bitshuffle(cname="lz4"))
 BSZSTD = dict(hdf5plugin.Bitshuffle(cname="zstd"))
+GZIP_SHUFFLE = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+GZIP = {"compression": "gzip", "compression_opts": 1}
+DECODED = (BSLZ4, BSZSTD, GZIP_SHUFFLE, GZIP)
 
 
 @pytest.mark.parametrize("threads", [1, 3])
@@ -68,9 +71,17 @@ BSZSTD = dict(hdf5plugin.Bitshuffle(cname="zstd"))
         ("float32", 1, BSLZ4),
         ("uint8", 4, BSLZ4),
         ("uint16", 2, BSZSTD),
-        ("uint16", 1, {"compression": "gzip", "compression_opts": 4, "shuffle": True}),
+        ("uint16", 1, GZIP_SHUFFLE),
+        ("uint16", 3, GZIP_SHUFFLE),
+        ("uint8", 2, GZIP_SHUFFLE),
+        ("uint32", 1, GZIP_SHUFFLE),
+        ("float32", 2, GZIP_SHUFFLE),
+        ("float64", 1, GZIP_SHUFFLE),
+        ("int16", 1, GZIP),
+        ("uint16", 1, {"compression": "lzf"}),
         ("uint16", None, {}),
         (">u2", 1, BSLZ4),
+        (">u2", 1, GZIP_SHUFFLE),
     ],
 )
 def test_reader_matches_h5py_bit_for_bit(tmp_path, threads, prefetch, dtype, chunk_frames, filters):
@@ -92,8 +103,8 @@ def test_reader_matches_h5py_bit_for_bit(tmp_path, threads, prefetch, dtype, chu
                 got.view(np.uint8), want[start:stop].astype(got.dtype).view(np.uint8)
             )
         used = [d for d in reader._decoders.values() if d is not None]
-        native_bitshuffle = filters in (BSLZ4, BSZSTD) and np.dtype(dtype).isnative
-        assert bool(used) == native_bitshuffle
+        ours = any(filters is f for f in DECODED) and np.dtype(dtype).isnative
+        assert bool(used) == ours
     finally:
         reader.close()
 
@@ -119,13 +130,14 @@ def test_segments_steps_and_offsets(tmp_path):
             reader.close()
 
 
-def test_chunk_stored_without_filter_is_read_by_hdf5(tmp_path):
+@pytest.mark.parametrize("filters", [BSLZ4, GZIP_SHUFFLE], ids=["bslz4", "gzip"])
+def test_chunk_stored_without_filter_is_read_by_hdf5(tmp_path, filters):
     frames = detector_frames(6, 8, 8, seed=4)
-    path = make_file(tmp_path / "a.h5", frames, 1, **BSLZ4)
+    path = make_file(tmp_path / "a.h5", frames, 1, **filters)
     replacement = (frames[2] + 7).astype(np.uint16)
     with h5py.File(path, "r+") as f:
-        # filter_mask bit 0 set: HDF5 skips the bitshuffle filter for this chunk.
-        f[DSET].id.write_direct_chunk((2, 0, 0), replacement.tobytes(), filter_mask=1)
+        # Every filter's bit set: HDF5 stored this chunk as plain bytes.
+        f[DSET].id.write_direct_chunk((2, 0, 0), replacement.tobytes(), filter_mask=0b11)
         want = f[DSET][()]
     assert (want[2] == replacement).all()
     spec = spec_for([Segment(path, DSET, 0, 6)], (8, 8), "uint16")
@@ -137,11 +149,12 @@ def test_chunk_stored_without_filter_is_read_by_hdf5(tmp_path):
         reader.close()
 
 
-def test_corrupt_chunk_is_an_error_not_wrong_data(tmp_path):
+@pytest.mark.parametrize("filters", [BSLZ4, GZIP_SHUFFLE], ids=["bslz4", "gzip"])
+def test_corrupt_chunk_is_an_error_not_wrong_data(tmp_path, filters):
     from producer.errors import TransientChunkError
 
     frames = detector_frames(4, 32, 32, seed=5)
-    path = make_file(tmp_path / "a.h5", frames, 1, **BSLZ4)
+    path = make_file(tmp_path / "a.h5", frames, 1, **filters)
     with h5py.File(path, "r+") as f:
         _, raw = f[DSET].id.read_direct_chunk((1, 0, 0))
         bad = bytearray(raw)
@@ -207,6 +220,30 @@ def test_decoder_refuses_what_it_cannot_reproduce(tmp_path):
         # Chunks that split a frame, and two filters: both left to HDF5.
         split = f.create_dataset("split", data=frames, chunks=(1, 4, 8), **BSLZ4)
         two = f.create_dataset("two", data=frames, chunks=(1, 8, 8), fletcher32=True, **BSLZ4)
+        checked = f.create_dataset(
+            "checked", data=frames, chunks=(1, 8, 8), fletcher32=True, **GZIP_SHUFFLE
+        )
         assert ChunkDecoder.for_dataset(split, 2) is None
         assert ChunkDecoder.for_dataset(two, 2) is None
+        assert ChunkDecoder.for_dataset(checked, 2) is None
+        assert ChunkDecoder.for_dataset(f.create_dataset("plain", data=frames), 2) is None
     assert os.path.exists(tmp_path / "a.h5")
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int16", "int32", "int64", "float32", "float64"])
+@pytest.mark.parametrize(
+    "filters", [GZIP_SHUFFLE, GZIP, BSLZ4], ids=["gzip+shuffle", "gzip", "bslz4"]
+)
+def test_full_range_values_bit_for_bit(tmp_path, dtype, filters):
+    rng = np.random.default_rng(8)
+    raw = rng.integers(0, 256, size=(5, 8, 12 * np.dtype(dtype).itemsize), dtype=np.uint8)
+    frames = raw.view(dtype)  # every bit pattern: negatives, NaNs, infinities, denormals
+    path = make_file(tmp_path / "a.h5", frames, 2, **filters)
+    spec = spec_for([Segment(path, DSET, 0, 5)], frames.shape[1:], dtype)
+    reader = FrameReader(spec, decode_threads=2)
+    try:
+        got = read_all(reader, 0, 5, frames.shape[1:])
+        np.testing.assert_array_equal(got.view(np.uint8), frames.view(np.uint8))
+        assert any(d is not None for d in reader._decoders.values())
+    finally:
+        reader.close()
