@@ -213,8 +213,18 @@ def errors(client: Client, job_id: str, limit: int = 10) -> list[dict[str, Any]]
     return [json.loads(e) for e in client.lrange(C.job_errors_key(job_id), 0, limit - 1)]
 
 
-def finish(client: Client, job_id: str, new_state: JobState, reason: str | None = None) -> bool:
-    """Move an unfinished job to a final state; False when it had already finished."""
+def finish(
+    client: Client,
+    job_id: str,
+    new_state: JobState,
+    reason: str | None = None,
+    notify: bool = True,
+) -> bool:
+    """Move an unfinished job to a final state; False when it had already finished.
+
+    ``notify`` wakes ``--wait`` followers at once; a caller with work left to do first
+    (the finalizer's cleanup) passes False and calls ``notify_finished`` after it.
+    """
     key = C.job_key(job_id)
     with client.pipeline(transaction=True) as pipe:
         while True:
@@ -233,12 +243,24 @@ def finish(client: Client, job_id: str, new_state: JobState, reason: str | None 
                 pipe.hset(key, mapping=fields)
                 if new_state in (JobState.FAILED, JobState.CANCELLED):
                     pipe.delete(C.job_pending_key(job_id))
-                pipe.rpush(C.job_events_key(job_id), new_state.value)
-                pipe.expire(C.job_events_key(job_id), _EVENTS_TTL)
+                if notify:
+                    _notify(pipe, job_id, new_state)
                 pipe.execute()
                 return True
             except redis.WatchError:
                 continue
+
+
+def _notify(pipe: Any, job_id: str, new_state: JobState) -> None:
+    pipe.rpush(C.job_events_key(job_id), new_state.value)
+    pipe.expire(C.job_events_key(job_id), _EVENTS_TTL)
+
+
+def notify_finished(client: Client, job_id: str, new_state: JobState) -> None:
+    """Wake ``--wait`` followers of a job that ``finish`` ended with ``notify=False``."""
+    pipe = client.pipeline(transaction=False)
+    _notify(pipe, job_id, new_state)
+    pipe.execute()
 
 
 def wait_finished(client: Client, job_id: str, timeout: float) -> None:

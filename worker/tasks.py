@@ -181,8 +181,9 @@ def finalize_job(self: Task, payload: dict[str, Any]) -> str:
         return f"skipped ({state.value if state else 'unknown job'})"
     if results.output_job_id(spec.output) == job_id:
         # A finalizer died after the rename: the output is whole, only bookkeeping is left.
-        jobs.finish(rt.client, job_id, JobState.DONE)
+        jobs.finish(rt.client, job_id, JobState.DONE, notify=False)
         results.cleanup(spec)
+        jobs.notify_finished(rt.client, job_id, JobState.DONE)  # --wait sees a clean folder
         return "done"
     if len(results.committed(spec.workdir)) < spec.n_chunks:
         return "incomplete"
@@ -200,8 +201,9 @@ def finalize_job(self: Task, payload: dict[str, Any]) -> str:
                 rt.client, job_id, JobState.FAILED, f"cannot write output {spec.output}: {exc}"
             )
             return "failed"
-        jobs.finish(rt.client, job_id, JobState.DONE)
+        jobs.finish(rt.client, job_id, JobState.DONE, notify=False)
         results.cleanup(spec)
+        jobs.notify_finished(rt.client, job_id, JobState.DONE)  # --wait sees a clean folder
         return "done"
     finally:
         jobs.release_finalize(rt.client, job_id, token)
