@@ -11,7 +11,7 @@ from .config import Settings
 from .errors import UserError
 from .inputs import describe, list_datasets, open_h5
 from .plan import plan
-from .sources import resolve
+from .sources import resolve_inputs
 
 
 def inspect_file(
@@ -30,15 +30,16 @@ def inspect_file(
             datasets.append(info)
     out: dict[str, Any] = {"file": path, "datasets": datasets}
     try:
-        sources = resolve([path], dataset)
+        sources = resolve_inputs([path], dataset).sources
     except UserError as exc:
         out["plan"] = None
         out["plan_error"] = str(exc)
         return out
     src = sources[0]
+    # A master file resolves to one segment per linked data file: plan them all, as submit does.
     the_plan = plan(
-        [src.segment],
-        [src.info.frames_per_chunk],
+        [s.segment for s in sources],
+        [s.info.frames_per_chunk for s in sources],
         src.info.frame_bytes,
         settings.task_bytes,
         chunk_frames,
@@ -46,7 +47,8 @@ def inspect_file(
     sizes = [b - a for a, b in zip(the_plan.boundaries, the_plan.boundaries[1:], strict=False)]
     out["plan"] = {
         "dataset": src.info.name,
-        "frames": src.segment.count,
+        "frames": sum(s.segment.count for s in sources),
+        "files": len({s.segment.path for s in sources}),
         "frame_shape": list(src.info.shape[1:]),
         "dtype": src.info.dtype,
         "hdf5_chunk_frames": src.info.frames_per_chunk,
