@@ -571,3 +571,69 @@ def test_cuda_does_not_retain_the_input() -> None:
     del frames
     gc.collect()
     assert ref() is None
+
+
+# -- host buffers (zero-copy host path) ----------------------------------------------------
+
+
+def device_path_reducer(mask: np.ndarray, stats=STATS) -> MaskedReducer:
+    """A reducer running the CUDA code path on the CPU (its buffers are not pinned)."""
+    reducer = MaskedReducer(mask, stats, device="cpu")
+    labels, n_regions = mask_regions(mask)
+    reducer._impl = kernel._DeviceReducer(labels, n_regions, reducer.stats, torch.device("cpu"))
+    return reducer
+
+
+def test_host_buffer_is_none_for_the_cpu_reducer() -> None:
+    reducer = MaskedReducer(np.ones((8, 8), dtype=bool), ("sum",), device="cpu")
+    assert reducer.host_buffer(4, np.uint16) is None
+
+
+@pytest.mark.parametrize("dtype", FRAME_DTYPES)
+def test_host_buffer_views_are_sent_without_staging(dtype: str) -> None:
+    rng = np.random.default_rng(5)
+    mask = rng.integers(0, 4, size=(12, 20))
+    reducer = device_path_reducer(mask)
+    impl = reducer._impl
+    assert isinstance(impl, kernel._DeviceReducer)
+    a = reducer.host_buffer(5, np.dtype(dtype))
+    b = reducer.host_buffer(3, np.dtype(dtype))
+    assert a is not None and b is not None
+    assert a.shape == (5, 12, 20) and a.dtype == np.dtype(dtype) and a.flags.c_contiguous
+    assert a.ctypes.data != b.ctypes.data  # two buffers alternate
+    for buf in (a, b):
+        buf[...] = (rng.random(buf.shape) * 200).astype(dtype)
+    with mock.patch.object(impl, "_upload", side_effect=AssertionError("staged")):
+        for buf in (a, b, a[1:4], b[:1]):
+            assert_matches(reducer.reduce(buf), buf.copy(), mask)
+    # Anything else is staged: copies, views that are not contiguous, other memory.
+    staged = mock.patch.object(impl, "_upload", wraps=impl._upload)
+    with staged as upload:
+        for other in (a.copy(), a[:, ::2, :].copy(), a[:, :, ::2]):
+            if other.shape[1:] == (12, 20):
+                assert_matches(reducer.reduce(other), np.ascontiguousarray(other), mask)
+        assert upload.called
+    # The slot after next is the first one again, grown when asked for more frames.
+    c = reducer.host_buffer(5, np.dtype(dtype))
+    assert c is not None and c.ctypes.data == a.ctypes.data
+    d = reducer.host_buffer(40, np.dtype(dtype))
+    assert d is not None and d.shape == (40, 12, 20)
+    d[...] = 1
+    with mock.patch.object(impl, "_upload", side_effect=AssertionError("staged")):
+        assert_matches(reducer.reduce(d), d.copy(), mask)
+
+
+def test_host_buffer_groups_and_unsupported_dtypes() -> None:
+    mask = np.ones((16, 16), dtype=bool)
+    reducer = device_path_reducer(mask, ("sum", "max"))
+    impl = reducer._impl
+    assert isinstance(impl, kernel._DeviceReducer)
+    impl.group = 3  # a block of several device groups
+    buf = reducer.host_buffer(10, np.uint16)
+    assert buf is not None
+    buf[...] = np.arange(buf.size, dtype=np.uint16).reshape(buf.shape)
+    with mock.patch.object(impl, "_upload", side_effect=AssertionError("staged")):
+        assert_matches(reducer.reduce(buf), buf.copy(), mask, ("sum", "max"))
+    for dtype in (np.int64, np.float16, np.bool_):
+        assert reducer.host_buffer(2, dtype) is None
+    assert reducer.host_buffer(2, np.dtype(">u2")).dtype == np.dtype("=u2")

@@ -247,3 +247,89 @@ def test_full_range_values_bit_for_bit(tmp_path, dtype, filters):
         assert any(d is not None for d in reader._decoders.values())
     finally:
         reader.close()
+
+
+class FakeProvider:
+    """Hands out two alternating buffers like ``MaskedReducer.host_buffer``."""
+
+    def __init__(self, answer: str = "ok") -> None:
+        self.answer = answer
+        self.slots: list[np.ndarray | None] = [None, None]
+        self.calls: list[tuple[int, np.dtype]] = []
+
+    def __call__(self, frames: int, dtype: np.dtype, shape=(24, 40)) -> np.ndarray | None:
+        self.calls.append((frames, dtype))
+        if self.answer == "none":
+            return None
+        slot = (len(self.calls) - 1) % 2
+        buf = self.slots[slot]
+        if buf is None or buf.size < frames * shape[0] * shape[1]:
+            buf = self.slots[slot] = np.full(64 * shape[0] * shape[1], 7, dtype=dtype)
+        view = buf[: frames * shape[0] * shape[1]].reshape(frames, *shape)
+        return view[:, :, ::2] if self.answer == "strided" else view
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+@pytest.mark.parametrize("answer", ["ok", "none", "strided"])
+@pytest.mark.parametrize("filters", [BSLZ4, {}])
+def test_reader_fills_provided_buffers(tmp_path, prefetch, answer, filters):
+    frames = detector_frames(23, 24, 40, dtype=np.uint16, seed=4)
+    path = make_file(tmp_path / "a.h5", frames, 2 if filters else None, **filters)
+    spec = spec_for([Segment(path, DSET, 0, 23)], (24, 40), np.uint16)
+    provider = FakeProvider(answer)
+    reader = FrameReader(
+        spec, block_bytes=4 * 24 * 40 * 2, decode_threads=2, prefetch=prefetch, buffers=provider
+    )
+    try:
+        for start, stop in [(0, 23), (3, 18)]:
+            blocks = 0
+            for pos, block in reader.blocks(start, stop):
+                np.testing.assert_array_equal(block, frames[pos : pos + len(block)])
+                owned = any(s is not None and np.shares_memory(block, s) for s in provider.slots)
+                assert owned == (answer == "ok")
+                blocks += 1
+            assert len(provider.calls) >= blocks
+        assert all(dtype == np.dtype(np.uint16) for _, dtype in provider.calls)
+    finally:
+        reader.close()
+
+
+def test_job_context_reads_into_the_reducers_buffers(tmp_path):
+    from worker.context import JobContext
+
+    frames = detector_frames(9, 24, 40, dtype=np.uint16, seed=5)
+    path = make_file(tmp_path / "a.h5", frames, 1, **BSLZ4)
+    spec = spec_for([Segment(path, DSET, 0, 9)], (24, 40), np.uint16)
+    mask = np.zeros((24, 40), dtype=bool)
+    mask[3:20, 5:30] = True
+    want = frames[:, mask].astype(np.int64).sum(axis=1)
+    # CPU: no provider.
+    cpu = JobContext(spec=spec, labels=mask, reader=FrameReader(spec), device="cpu")
+    assert cpu.reader.buffers is None
+    np.testing.assert_array_equal(cpu.compute(0, 9)["sum"][:, 0], want)
+    cpu.close()
+    # A GPU worker's context wires the reducer's host buffers into its reader; here the
+    # reducer runs the CUDA code path on the CPU (same buffers, not pinned).
+    import torch
+
+    from worker import kernel
+
+    reader = FrameReader(spec, block_bytes=3 * 24 * 40 * 2, prefetch=True)
+    gpu = JobContext(spec=spec, labels=mask, reader=reader, device="cuda")
+    assert reader.buffers is not None
+    assert gpu.host_buffer(2, np.dtype(np.uint16)) is None  # no reducer yet
+    reducer = kernel.MaskedReducer(mask, ("sum",), device="cpu")
+    impl = kernel._DeviceReducer(mask.astype(np.int32), 1, ("sum",), torch.device("cpu"))
+    reducer._impl = impl
+    gpu._reducer = reducer
+    sent = []
+    real_send = impl._send
+
+    def send(block, slot):
+        sent.append(impl._direct_view(block) is not None)
+        return real_send(block, slot)
+
+    impl._send = send  # type: ignore[method-assign]
+    np.testing.assert_array_equal(gpu.compute(0, 9)["sum"][:, 0], want)
+    assert sent and all(sent)
+    gpu.close()

@@ -38,6 +38,14 @@ class JobContext:
     def __post_init__(self) -> None:
         if self.value_range is None:
             self.value_range = ValueRange.from_spec(self.spec)
+        if not str(self.device).startswith("cpu") and self.reader.buffers is None:
+            # GPU: read straight into the reducer's pinned buffers (no host staging copy).
+            self.reader.buffers = self.host_buffer
+
+    def host_buffer(self, frames: int, dtype: np.dtype) -> np.ndarray | None:
+        """The reducer's host buffer for the reader (None once closed or on a CPU)."""
+        reducer = self._reducer  # made by compute() in the caller's thread, not here
+        return None if reducer is None else reducer.host_buffer(frames, dtype)  # type: ignore[no-any-return]
 
     @property
     def reducer(self) -> Any:
@@ -50,10 +58,11 @@ class JobContext:
     def compute(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Statistics of frames [start, stop): {stat: float64 (frames, K)}."""
         out = {s: np.empty((stop - start, self.spec.n_regions)) for s in self.spec.stats}
+        reducer = self.reducer  # before reading: the reader may ask it for buffers
         for pos, block in self.reader.blocks(start, stop):
             if self.value_range is not None:
                 block = self.value_range.apply(block)
-            values = fit_regions(self.reducer.reduce(block), self.spec.n_regions)
+            values = fit_regions(reducer.reduce(block), self.spec.n_regions)
             for s in self.spec.stats:
                 out[s][pos - start : pos - start + len(block)] = values[s]
         return out

@@ -43,6 +43,7 @@ exactness argument needs true float32 products and sums.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -199,6 +200,21 @@ class MaskedReducer:
             }
         sums, counts, extra = self._impl.reduce(frames, kind)
         return _finish(self.stats, sums, counts, extra)
+
+    def host_buffer(self, frames: int, dtype: np.dtype | type) -> np.ndarray | None:
+        """An empty ``(frames, H, W)`` array for the caller to fill, or None (CPU reducer).
+
+        On CUDA it is a view of a reused pinned buffer that ``reduce`` sends straight to
+        the device (no staging copy). Buffers alternate: an array stays valid until the
+        buffer after next is asked for (a reader's current and prefetched block).
+        """
+        provider = getattr(self._impl, "host_buffer", None)
+        if provider is None:
+            return None
+        dtype = np.dtype(dtype)
+        if (dtype.kind, dtype.itemsize) not in _SUPPORTED:
+            return None
+        return provider(frames, dtype.newbyteorder("="))  # type: ignore[no-any-return]
 
 
 def _finish(
@@ -714,6 +730,7 @@ class _DeviceReducer:
         self.stats = stats
         flat = labels.ravel()
         self.n_pixels = flat.size
+        self.shape = labels.shape
         masked = np.flatnonzero(flat)
         order = masked[np.argsort(flat[masked], kind="stable")]
         self.gather = torch.from_numpy(order.astype(np.int64)).to(device)
@@ -728,6 +745,12 @@ class _DeviceReducer:
             self._onehot[torch.float32] = onehot
         self.group = max(1, _DEVICE_GROUP_ELEMS // max(1, flat.size))
         self._host: dict[tuple[np.dtype, int], tuple[torch.Tensor, torch.cuda.Event | None]] = {}
+        #: Buffers handed out by ``host_buffer`` (uint8, pinned on CUDA), the event of the
+        #: last transfer out of each, and the slot to hand out next. The reader fills them
+        #: in its own (prefetch) thread, hence the lock.
+        self._direct: list[tuple[torch.Tensor, torch.cuda.Event | None] | None] = [None, None]
+        self._direct_next = 0
+        self._direct_lock = threading.Lock()
 
     def onehot(self, dtype: torch.dtype) -> torch.Tensor:
         if dtype not in self._onehot:
@@ -751,6 +774,61 @@ class _DeviceReducer:
         if self.device.type == "cuda":
             event = torch.cuda.current_stream(self.device).record_event()
         self._host[key] = (host, event)
+        return on_device
+
+    def host_buffer(self, frames: int, dtype: np.dtype) -> np.ndarray:
+        """A ``(frames, H, W)`` host array (pinned on CUDA) for the caller to fill.
+
+        ``reduce`` recognises a view of it and sends it without a host copy. Two
+        buffers alternate, so a buffer is handed out again only after the next one
+        was: the caller must be done with an array before asking for the one after
+        next. A buffer whose last transfer has not finished is waited for here.
+        """
+        dtype = np.dtype(dtype)
+        nbytes = frames * self.n_pixels * dtype.itemsize
+        with self._direct_lock:
+            slot = self._direct_next
+            self._direct_next ^= 1
+            entry = self._direct[slot]
+        if entry is not None and entry[1] is not None:
+            entry[1].synchronize()  # the last transfer out of this buffer has finished
+        if entry is None or entry[0].numel() < nbytes:
+            cuda = self.device.type == "cuda"
+            buf = torch.empty(max(nbytes, 1), dtype=torch.uint8, pin_memory=cuda)
+            entry = (buf, None)
+            with self._direct_lock:
+                self._direct[slot] = entry
+        return entry[0].numpy()[:nbytes].view(dtype).reshape(frames, *self.shape)
+
+    def _direct_view(self, block: np.ndarray) -> tuple[int, torch.Tensor, torch.Tensor] | None:
+        """(slot, its buffer, raw tensor over it) when ``block`` is a view of a buffer."""
+        if not (block.flags.c_contiguous and block.dtype.isnative and block.nbytes):
+            return None
+        start = block.ctypes.data
+        for slot, entry in enumerate(self._direct):
+            if entry is None:
+                continue
+            base = entry[0].data_ptr()
+            offset = start - base
+            if 0 <= offset and offset + block.nbytes <= entry[0].numel():
+                raw = entry[0][offset : offset + block.nbytes]
+                as_torch = torch.from_numpy(np.empty(0, dtype=block.dtype)).dtype
+                return slot, entry[0], raw.view(as_torch).view(block.shape[0], -1)
+        return None
+
+    def _send(self, block: np.ndarray, slot: int) -> torch.Tensor:
+        """A block on the device: straight from a host buffer of ours, else staged."""
+        direct = self._direct_view(block)
+        if direct is None:
+            return self._upload(block, slot)
+        index, buf, raw = direct
+        on_device = raw.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            event = torch.cuda.current_stream(self.device).record_event()
+            with self._direct_lock:
+                entry = self._direct[index]
+                if entry is not None and entry[0] is buf:
+                    self._direct[index] = (buf, event)
         return on_device
 
     @staticmethod
@@ -862,7 +940,7 @@ class _DeviceReducer:
         if "std" in self.stats:
             parts["ssd"] = []
         for i, b0 in enumerate(range(0, frames.shape[0], self.group)):
-            raw = self._upload(frames[b0 : b0 + self.group], i % 2)
+            raw = self._send(frames[b0 : b0 + self.group], i % 2)
             x = self._convert(raw, torch.float64) if is_float or len(parts) > 2 else None
             if is_float:
                 assert x is not None

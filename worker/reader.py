@@ -13,7 +13,7 @@ and reducing use different resources (a GPU worker), not where one core does bot
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import h5py
@@ -28,6 +28,12 @@ from .decode import ChunkDecoder, default_threads
 
 #: Upper bound for one read; blocks are whole HDF5 chunks, at least one.
 DEFAULT_BLOCK_BYTES = 32 * 1024 * 1024
+
+#: ``(frames, dtype) -> empty (frames, H, W) array or None``: where to read a block
+#: (e.g. ``MaskedReducer.host_buffer``, pinned memory the GPU reads without a host
+#: copy). It must hand out alternating buffers: an array must stay untouched until
+#: the one after next is asked for (the current and the prefetched block).
+BufferProvider = Callable[[int, np.dtype], np.ndarray | None]
 
 
 def check_links(f: h5py.File, name: str, roots: tuple[str, ...]) -> None:
@@ -74,6 +80,7 @@ class FrameReader:
         block_bytes: int = DEFAULT_BLOCK_BYTES,
         decode_threads: int = 1,
         prefetch: bool = False,
+        buffers: BufferProvider | None = None,
     ) -> None:
         self.spec = spec
         self.data_root = data_root
@@ -82,6 +89,8 @@ class FrameReader:
         #: Threads decoding Bitshuffle chunks (0: always let HDF5 decode).
         self.decode_threads = decode_threads
         self.prefetch = prefetch
+        #: Supplies the buffers blocks are read into; None (or it returning None): our own.
+        self.buffers = buffers
         self._files: dict[str, h5py.File] = {}
         self._links_checked: set[tuple[str, str]] = set()
         self._decoders: dict[tuple[str, str], ChunkDecoder | None] = {}
@@ -90,7 +99,11 @@ class FrameReader:
 
     @classmethod
     def for_device(
-        cls, spec: JobSpec, data_root: tuple[str, ...] = (), device: str = "cpu"
+        cls,
+        spec: JobSpec,
+        data_root: tuple[str, ...] = (),
+        device: str = "cpu",
+        buffers: BufferProvider | None = None,
     ) -> FrameReader:
         """A reader tuned for a worker on ``device``; FRAMESTATS_DECODE_THREADS and
         FRAMESTATS_PREFETCH (0/1) override the choice.
@@ -109,6 +122,7 @@ class FrameReader:
             data_root,
             decode_threads=int(threads),
             prefetch=gpu if prefetch in ("", "auto") else prefetch in ("1", "true", "yes", "on"),
+            buffers=buffers,
         )
 
     def _dataset(self, seg: Segment) -> h5py.Dataset:
@@ -139,6 +153,16 @@ class FrameReader:
 
     def _buffer_for(self, frames: int, slot: int = 0) -> np.ndarray:
         h, w = self.spec.frame_shape
+        if self.buffers is not None:
+            given = self.buffers(frames, self.dtype)
+            if (
+                given is not None
+                and given.shape == (frames, h, w)
+                and given.dtype == self.dtype
+                and given.flags.c_contiguous
+                and given.flags.writeable
+            ):
+                return given
         buf = self._buffers[slot]
         if buf is None or buf.shape[0] < frames:
             buf = self._buffers[slot] = np.empty((frames, h, w), dtype=self.dtype)
@@ -191,7 +215,9 @@ class FrameReader:
     def blocks(self, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (global first frame, frames) covering [start, stop); the arrays are reused.
 
-        A yielded array stays valid until the next one is asked for.
+        A yielded array stays valid until the next one is asked for. With a buffer
+        provider, blocks are read into the arrays it hands out (one call per block, in
+        block order, from the prefetch thread when prefetching).
         """
         if not self.prefetch:
             for pos, n, seg, dset, first in self._plan(start, stop):
