@@ -4,7 +4,10 @@ Measures, on a Bitshuffle-LZ4 stack it generates in /tmp (512x512 uint16, (1, H,
 chunks, masked sum of one annulus region):
 
 1. kernel: the reducer's on-device reduction of frames already on the GPU, GB/s of
-   uint16 input, against a device-to-device copy of the same bytes (goal >= 0.7x);
+   uint16 input, against a device-to-device copy of the same bytes (goal >= 0.7x):
+   the fused Triton kernel (``worker.fused``) where Triton is there and passed its
+   self-check, else the GEMM path; also the GEMM path alone (convert to float32 in
+   global memory + one-hot GEMM) for comparison;
 2. host to device: ``MaskedReducer.reduce`` of frames the reader put in the reducer's
    pinned host buffer (``MaskedReducer.host_buffer``, the worker's path on CUDA: 32 MiB
    blocks, two buffers alternating, sent without a host copy), against a plain
@@ -161,6 +164,16 @@ def kernel_and_copies(mask: np.ndarray, size: int, frames: int, reps: int) -> di
         )
         want = reducer.reduce(host)["sum"]
         np.testing.assert_array_equal(got.cpu().numpy().astype(np.float64), want)
+        # Which path that was: the fused Triton kernel where it passed its self-check.
+        out["fused"] = float(torch.uint16 in getattr(impl, "_fused_ok", ()))
+        gemm_sums = getattr(impl, "_gemm_int_sums", None)
+        if gemm_sums is not None:
+
+            def gemm() -> None:
+                for lo in range(0, frames, group):
+                    gemm_sums(flat[lo : lo + group], kind)
+
+            out["kernel_gemm"] = nbytes / cuda_time(gemm, reps) / 1e9
     else:
         out["kernel"] = float("nan")  # the kernel's device API changed: see the note
     # The worker's path: the reader reads each block (32 MiB, its default) into the
@@ -316,11 +329,16 @@ def main(argv: list[str] | None = None) -> int:
     def ok(x: float, goal: float) -> str:
         return "ok" if x >= goal else "**miss**"
 
+    path = "fused Triton" if k.get("fused") else "GEMM, no fused kernel"
+    gemm = k.get("kernel_gemm", float("nan"))
     rows = [
         "| measure | GB/s | against | ratio (goal) |",
         "|---|---|---|---|",
-        f"| kernel on device (uint16 in) | {k['kernel']:.1f} | D2D copy {k['d2d_copy']:.1f} | "
+        f"| kernel on device (uint16 in; {path}) | {k['kernel']:.1f} | D2D copy "
+        f"{k['d2d_copy']:.1f} | "
         f"{k['kernel'] / k['d2d_copy']:.2f} (>= 0.7 {ok(k['kernel'] / k['d2d_copy'], 0.7)}) |",
+        f"| GEMM path on device (uint16 in; convert + one-hot GEMM) | {gemm:.1f} | D2D copy "
+        f"{k['d2d_copy']:.1f} | {gemm / k['d2d_copy']:.2f} |",
         f"| reduce() from host memory | {k['reduce_from_host']:.1f} | pinned H2D copy "
         f"{k['h2d_pinned']:.1f} | {k['reduce_from_host'] / k['h2d_pinned']:.2f} "
         f"(>= 0.7 {ok(k['reduce_from_host'] / k['h2d_pinned'], 0.7)}) |",

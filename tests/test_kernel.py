@@ -637,3 +637,97 @@ def test_host_buffer_groups_and_unsupported_dtypes() -> None:
     for dtype in (np.int64, np.float16, np.bool_):
         assert reducer.host_buffer(2, dtype) is None
     assert reducer.host_buffer(2, np.dtype(">u2")).dtype == np.dtype("=u2")
+
+
+# -- fused Triton kernel (run by Triton's interpreter on the CPU) ---------------------------
+
+
+def has_triton() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
+
+
+needs_triton = pytest.mark.skipif(not has_triton(), reason="needs triton")
+
+
+def test_fused_kernel_is_not_used_on_the_cpu() -> None:
+    reducer = device_path_reducer(np.ones((8, 8), dtype=bool), ("sum",))
+    impl = reducer._impl
+    assert isinstance(impl, kernel._DeviceReducer)
+    frames = np.arange(3 * 64, dtype=np.uint16).reshape(3, 8, 8)
+    assert_matches(reducer.reduce(frames), frames, np.ones((8, 8), dtype=bool), ("sum",))
+    assert impl.fused is False
+
+
+def test_nothing_imports_triton_at_import_time() -> None:
+    import subprocess
+
+    code = (
+        "import sys, worker.kernel, worker.fused, worker.context, worker.tasks; "
+        "assert 'triton' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", ["u1", "i1", "u2", "i2", "u4", "i4"])
+@pytest.mark.parametrize("n_regions", [1, 3, 16])
+def test_fused_kernel_matches_numpy(monkeypatch, dtype: str, n_regions: int) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    rng = np.random.default_rng(n_regions)
+    mask = rng.integers(0, n_regions + 1, size=(33, 150))  # 4950 px: two pixel blocks
+    if n_regions == 1:
+        mask = mask.astype(bool)
+    reducer = device_path_reducer(mask, ("sum", "mean", "count"))
+    impl = reducer._impl
+    assert isinstance(impl, kernel._DeviceReducer)
+    impl.fused = True  # as on CUDA once Triton is found
+    info = np.iinfo(np.dtype(dtype))
+    frames = rng.integers(info.min, info.max, (11, 33, 150), endpoint=True).astype(dtype)
+    frames[0] = info.max  # beyond 2**24 per region: exact only in integers
+    frames[1] = info.min
+    from worker import fused
+
+    with mock.patch.object(fused, "region_sums", wraps=fused.region_sums) as calls:
+        assert_matches(reducer.reduce(frames), frames, mask, ("sum", "mean", "count"))
+    assert calls.call_count == 2  # self-check, then the block
+    assert impl._fused_ok == {torch.from_numpy(frames[:0]).dtype}
+
+
+@needs_triton
+def test_fused_kernel_self_check_failure_falls_back(monkeypatch) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    mask = np.ones((16, 16), dtype=bool)
+    reducer = device_path_reducer(mask, ("sum",))
+    impl = reducer._impl
+    assert isinstance(impl, kernel._DeviceReducer)
+    impl.fused = True
+    frames = np.full((4, 16, 16), 3, dtype=np.uint16)
+    from worker import fused
+
+    wrong = mock.patch.object(fused, "region_sums", side_effect=lambda r, lab, k: r[:, :k].long())
+    with wrong:
+        assert_matches(reducer.reduce(frames), frames, mask, ("sum",))
+        assert_matches(reducer.reduce(frames), frames, mask, ("sum",))
+    assert impl._fused_bad == {torch.uint16} and not impl._fused_ok
+
+
+@needs_triton
+def test_fused_kernel_leaves_other_frames_alone(monkeypatch) -> None:
+    """Float frames and more regions than the kernel handles keep the GEMM path."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    from worker import fused
+
+    rng = np.random.default_rng(3)
+    for mask, dtype in (
+        (rng.integers(0, fused.MAX_REGIONS + 2, (20, 20)), np.uint16),
+        (np.ones((20, 20), dtype=bool), np.float32),
+    ):
+        reducer = device_path_reducer(mask, ("sum",))
+        impl = reducer._impl
+        assert isinstance(impl, kernel._DeviceReducer)
+        impl.fused = True
+        frames = (rng.random((3, 20, 20)) * 100).astype(dtype)
+        with mock.patch.object(fused, "region_sums", side_effect=AssertionError("fused")):
+            assert_matches(reducer.reduce(frames), frames, mask, ("sum",))

@@ -43,6 +43,7 @@ exactness argument needs true float32 products and sums.
 
 from __future__ import annotations
 
+import logging
 import threading
 import warnings
 from collections.abc import Callable, Sequence
@@ -697,6 +698,15 @@ class _CpuReducer:
 # -- device (CUDA) path --------------------------------------------------------------
 
 
+_logged: set[str] = set()
+
+
+def _log_once(message: str) -> None:
+    if message not in _logged:
+        _logged.add(message)
+        logging.getLogger(__name__).warning(message)
+
+
 def _unsigned_via_signed(raw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """uint16/uint32 -> dtype through the signed type of the same size.
 
@@ -744,6 +754,12 @@ class _DeviceReducer:
             onehot[self.gather, self.segment] = 1.0
             self._onehot[torch.float32] = onehot
         self.group = max(1, _DEVICE_GROUP_ELEMS // max(1, flat.size))
+        #: Fused Triton integer sums: None = decide on first use (see ``_fused_for``).
+        self.fused: bool | None = None
+        self._fused_ok: set[torch.dtype] = set()
+        self._fused_bad: set[torch.dtype] = set()
+        self._flat_labels = flat.astype(np.int32)
+        self._fused_labels: torch.Tensor | None = None
         self._host: dict[tuple[np.dtype, int], tuple[torch.Tensor, torch.cuda.Event | None]] = {}
         #: Buffers handed out by ``host_buffer`` (uint8, pinned on CUDA), the event of the
         #: last transfer out of each, and the slot to hand out next. The reader fills them
@@ -861,8 +877,60 @@ class _DeviceReducer:
             out += part.to(torch.int64) if exact_int else part
         return out
 
+    def _fused_for(self, raw: torch.Tensor) -> bool:
+        """Whether the fused Triton kernel sums these frames (decided once per dtype).
+
+        Needs CUDA (or ``fused = True``, set by tests under ``TRITON_INTERPRET=1``), an
+        importable Triton and a passing self-check against the GEMM path on a small
+        random block of full-range values; otherwise the GEMM path is used, logged once.
+        """
+        if self.fused is False or raw.dtype in self._fused_bad:
+            return False
+        from . import fused
+
+        if not fused.supports(raw.dtype, self.n_regions):
+            return False
+        if self.fused is None:
+            self.fused = self.device.type == "cuda" and fused.available(self.device)
+            if not self.fused:
+                _log_once("fused Triton kernel not available: using the GEMM path")
+                return False
+        if raw.dtype not in self._fused_ok:
+            if self._fused_labels is None:
+                self._fused_labels = torch.from_numpy(self._flat_labels).to(self.device)
+            info = np.iinfo(torch.empty(0, dtype=raw.dtype).numpy().dtype)
+            rng = np.random.default_rng(12345)
+            probe = rng.integers(info.min, info.max, (5, self.n_pixels), endpoint=True)
+            sample = torch.from_numpy(probe.astype(info.dtype)).to(self.device)
+            try:
+                got = fused.region_sums(sample, self._fused_labels, self.n_regions)
+                good = torch.equal(got, self._gemm_int_sums(sample))
+            except Exception as exc:  # a Triton that cannot build or run here
+                good = False
+                _log_once(f"fused Triton kernel failed ({exc!r}): using the GEMM path")
+            if not good:
+                _log_once(f"fused Triton kernel disagrees for {raw.dtype}: using the GEMM path")
+                self._fused_bad.add(raw.dtype)
+                return False
+            self._fused_ok.add(raw.dtype)
+        return True
+
     def _int_sums(self, raw: torch.Tensor, kind: tuple[str, int]) -> torch.Tensor:
         """Exact int64 region sums of integer frames."""
+        if self._fused_for(raw):
+            from . import fused
+
+            assert self._fused_labels is not None
+            return fused.region_sums(raw, self._fused_labels, self.n_regions)
+        return self._gemm_int_sums(raw, kind)
+
+    def _gemm_int_sums(
+        self, raw: torch.Tensor, kind: tuple[str, int] | None = None
+    ) -> torch.Tensor:
+        """Exact int64 region sums of integer frames: converted copy and one-hot GEMM."""
+        if kind is None:
+            dt = torch.empty(0, dtype=raw.dtype).numpy().dtype
+            kind = (dt.kind, dt.itemsize)
         if not self.dense:
             g = self._convert(raw, torch.int64).index_select(1, self.gather)
             return self._scatter_sum(g)
