@@ -149,8 +149,9 @@ def test_chunk_stored_without_filter_is_read_by_hdf5(tmp_path, filters):
         reader.close()
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("filters", [BSLZ4, GZIP_SHUFFLE], ids=["bslz4", "gzip"])
-def test_corrupt_chunk_is_an_error_not_wrong_data(tmp_path, filters):
+def test_corrupt_chunk_is_an_error_not_wrong_data(tmp_path, filters, threads):
     from producer.errors import TransientChunkError
 
     frames = detector_frames(4, 32, 32, seed=5)
@@ -166,7 +167,7 @@ def test_corrupt_chunk_is_an_error_not_wrong_data(tmp_path, filters):
             hdf5_read = f[DSET][1]
         except OSError:
             hdf5_read = None
-    reader = FrameReader(spec, decode_threads=1)
+    reader = FrameReader(spec, decode_threads=threads)
     try:
         try:
             got = read_all(reader, 0, 4, (32, 32))
@@ -245,6 +246,34 @@ def test_full_range_values_bit_for_bit(tmp_path, dtype, filters):
         got = read_all(reader, 0, 5, frames.shape[1:])
         np.testing.assert_array_equal(got.view(np.uint8), frames.view(np.uint8))
         assert any(d is not None for d in reader._decoders.values())
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("filters", [BSLZ4, GZIP_SHUFFLE], ids=["bslz4", "gzip"])
+def test_userblock_and_unwritten_chunks(tmp_path, filters, threads):
+    frames = detector_frames(9, 16, 16, seed=9)
+    path = str(tmp_path / "a.h5")
+    with h5py.File(path, "w", userblock_size=512) as f:
+        d = f.create_dataset(
+            DSET, shape=frames.shape, dtype=frames.dtype, chunks=(2, 16, 16), **filters
+        )
+        d[0:4] = frames[0:4]  # chunks 0, 1 written, 2 and 3 never: fill value 0
+        d[8:9] = frames[8:9]  # the last, partial chunk
+    with h5py.File(path, "r") as f:
+        want = f[DSET][()]
+    assert (want[4:8] == 0).all()
+    spec = spec_for([Segment(path, DSET, 0, 9)], (16, 16), "uint16")
+    reader = FrameReader(
+        spec, block_bytes=3 * 16 * 16 * 2, decode_threads=threads, prefetch=threads > 1
+    )
+    try:
+        np.testing.assert_array_equal(read_all(reader, 0, 9, (16, 16)), want)
+        np.testing.assert_array_equal(read_all(reader, 3, 9, (16, 16)), want[3:9])
+        (decoder,) = reader._decoders.values()
+        # Several threads read raw chunks by file offset (pread), checked against HDF5.
+        assert decoder is not None and (decoder._index is not None) == (threads > 1)
     finally:
         reader.close()
 
