@@ -171,6 +171,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     scratch = tempfile.mkdtemp(prefix="bench-", dir=args.data or data_root())
     result: dict[str, Any] = {
         "machine": machine(),
+        "load": {"start": os.getloadavg()},
         "params": {
             "frames": args.frames,
             "shape": [args.size, args.size],
@@ -249,6 +250,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         delayed.close()
         for pool in variants.values():
             pool.close()
+    result["load"]["end"] = os.getloadavg()
     summarize(result, stack)
     return result
 
@@ -350,6 +352,12 @@ def report(result: dict[str, Any], command: str) -> str:
             "",
             f"`{command}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
             f"Machine: {m['cpu']}, {m['memory']}, {m['os']}, Python {m['python']}; {m['versions']}.",
+            "",
+            "Load average (1, 5, 15 min) at the start "
+            + ", ".join(f"{x:.1f}" for x in result["load"]["start"])
+            + ", at the end "
+            + ", ".join(f"{x:.1f}" for x in result["load"]["end"])
+            + " (the machine is shared; 2 = both cores busy with others' work).",
             "",
             f"Input: {p['frames']} uint16 frames of {p['shape'][0]}x{p['shape'][1]} "
             f"({p['nbytes'] / 2**30:.2f} GiB uncompressed; files: {sizes}), masked sum of one "
