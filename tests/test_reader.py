@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import h5py
@@ -57,7 +58,15 @@ BSLZ4 = dict(hdf5plugin.Bitshuffle(cname="lz4"))
 BSZSTD = dict(hdf5plugin.Bitshuffle(cname="zstd"))
 GZIP_SHUFFLE = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
 GZIP = {"compression": "gzip", "compression_opts": 1}
-DECODED = (BSLZ4, BSZSTD, GZIP_SHUFFLE, GZIP)
+#: gzip is decoded outside HDF5 only where libdeflate's binding is installed (a
+#: dependency here; GPU test machines may run without it and read gzip through HDF5).
+HAS_DEFLATE = importlib.util.find_spec("deflate") is not None
+DECODED = (BSLZ4, BSZSTD) + ((GZIP_SHUFFLE, GZIP) if HAS_DEFLATE else ())
+
+
+def decoded(filters: dict) -> bool:
+    """Whether the reader's own decoder (not HDF5) should handle these filters here."""
+    return any(filters is f for f in DECODED)
 
 
 @pytest.mark.parametrize("threads", [1, 3])
@@ -144,7 +153,7 @@ def test_chunk_stored_without_filter_is_read_by_hdf5(tmp_path, filters):
     reader = FrameReader(spec, decode_threads=2)
     try:
         np.testing.assert_array_equal(read_all(reader, 0, 6, (8, 8)), want)
-        assert any(d is not None for d in reader._decoders.values())
+        assert any(d is not None for d in reader._decoders.values()) == decoded(filters)
     finally:
         reader.close()
 
@@ -245,7 +254,7 @@ def test_full_range_values_bit_for_bit(tmp_path, dtype, filters):
     try:
         got = read_all(reader, 0, 5, frames.shape[1:])
         np.testing.assert_array_equal(got.view(np.uint8), frames.view(np.uint8))
-        assert any(d is not None for d in reader._decoders.values())
+        assert any(d is not None for d in reader._decoders.values()) == decoded(filters)
     finally:
         reader.close()
 
