@@ -9,9 +9,10 @@ import h5py
 import numpy as np
 import pytest
 
+from producer import constants as C
 from producer.samples import detector_frames, write_stack
 from tests.reference import reference
-from tests.workers import WorkerProcess, run_producer
+from tests.workers import WorkerProcess, run_producer, start_worker
 
 pytestmark = pytest.mark.integration
 
@@ -131,32 +132,29 @@ def test_default_output_stats_and_dataset(tmp_path, redis_url, module_worker: Wo
 def test_two_processes_give_identical_output(
     tmp_path, redis_url, module_worker: WorkerProcess, redis_client
 ):
+    """The same job on two pool processes and on one gives the same bytes."""
     frames = detector_frames(64, 16, 16, seed=5).astype(np.float32)
     data = write_stack(str(tmp_path / "in.h5"), frames, form="bslz4", chunk_frames=2)
     np.save(tmp_path / "m.npy", (np.arange(256).reshape(16, 16) % 3).astype(np.int32))
-    outs = []
-    for chunk in ("2", "64"):
-        out = tmp_path / f"out{chunk}.h5"
-        res = run_producer(
-            redis_url,
-            "submit",
-            data,
-            "--mask",
-            str(tmp_path / "m.npy"),
-            "--output",
-            str(out),
-            "--stats",
-            "sum,mean,std",
-            "--chunk-frames",
-            chunk,
-            "--queue",
-            module_worker.queue,
-            "--wait",
-        )
-        assert res.returncode == 0, res.stderr
-        outs.append(read_output(str(out)))
-    for key in ("sum", "mean", "std"):
-        assert np.array_equal(outs[0][key], outs[1][key])
-    # Both pool processes took part in the many-chunk run.
-    job_id = res.stdout.strip()
-    assert job_id
+    single = start_worker(redis_url, str(tmp_path), concurrency=1)
+    outs, job_ids = [], []
+    try:
+        single.wait_ready(redis_client, processes=1)
+        for name, queue in (("two", module_worker.queue), ("one", single.queue)):
+            out = tmp_path / f"out-{name}.h5"
+            res = run_producer(
+                redis_url, "submit", data, "--mask", str(tmp_path / "m.npy"),
+                "--output", str(out), "--stats", "sum,mean,std", "--chunk-frames", "2",
+                "--queue", queue, "--wait",
+            )  # fmt: skip
+            assert res.returncode == 0, res.stderr
+            outs.append(read_output(str(out)))
+            job_ids.append(res.stdout.strip().splitlines()[0])
+    finally:
+        single.stop()
+    for key in ("sum", "mean", "std", "pixel_count", "frame_index"):
+        assert outs[0][key].tobytes() == outs[1][key].tobytes(), key
+    check_against_reference(outs[0], frames, np.load(tmp_path / "m.npy"), ("sum", "mean", "std"))
+    # Both pool processes of the two-process worker computed chunks of the first job.
+    share = redis_client.hgetall(C.job_workers_key(job_ids[0]))
+    assert len(share) == 2 and sum(int(v) for v in share.values()) == 64
