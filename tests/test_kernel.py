@@ -102,8 +102,14 @@ def assert_matches(
 
 
 def reducers(mask: np.ndarray, stats=STATS) -> Iterator[MaskedReducer]:
-    """The CPU kernel and the dense torch (CUDA) path run on the CPU."""
+    """The CPU kernel (numba sums where possible, and forced off), the dense torch
+    (CUDA) path run on the CPU."""
     yield MaskedReducer(mask, stats, device="cpu")
+    if kernel.cpu_sums.AVAILABLE:
+        staged = MaskedReducer(mask, stats, device="cpu")
+        assert isinstance(staged._impl, kernel._CpuReducer)
+        staged._impl.fused = False
+        yield staged
     dense = MaskedReducer(mask, stats, device="cpu")
     labels, n_regions = mask_regions(mask)
     dense._impl = kernel._DeviceReducer(labels, n_regions, dense.stats, torch.device("cpu"))
@@ -496,6 +502,64 @@ def test_invalid_arguments() -> None:
     for dtype in (np.int64, np.uint64, np.float16, np.bool_, np.complex64):
         with pytest.raises(ValueError):
             reducer.reduce(np.ones((1, 4, 4), dtype=dtype))
+
+
+needs_numba = pytest.mark.skipif(not kernel.cpu_sums.AVAILABLE, reason="needs numba")
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", FRAME_DTYPES)
+def test_fused_cpu_sums_are_used_and_match(dtype: str) -> None:
+    """numba loops: used for sum/mean/count of contiguous native frames, exact for
+    integers far beyond 2**24 per region and long runs split into chunks."""
+    from worker import cpu_sums
+
+    rng = np.random.default_rng(12)
+    mask = rng.integers(0, 4, (96, 400))
+    mask[:40] = 2  # one run of 16000 pixels, another beyond CHUNK
+    mask[40:90, :] = np.where(mask[40:90] > 0, 3, 0)
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    if info is not None:
+        frames = rng.integers(info.min, info.max, (5, 96, 400), endpoint=True).astype(dtype)
+        frames[0] = info.max
+        frames[1] = info.min
+    else:
+        frames = rng.normal(0, 1e3, (5, 96, 400)).astype(dtype)
+        frames[0, 0, :7] = np.nan
+        frames[1, 50, 3] = np.inf
+        frames[2, 50, 3], frames[2, 60, 7] = np.inf, -np.inf
+        frames[3, mask == 0] = np.nan  # unmasked NaN is ignored
+    stats = ("sum", "mean", "count")
+    reducer = MaskedReducer(mask, stats, device="cpu")
+    with mock.patch.object(cpu_sums, "region_sums", wraps=cpu_sums.region_sums) as calls:
+        got = reducer.reduce(frames)
+    assert calls.call_count == 1
+    assert_matches(got, frames, mask, stats)
+    # Forced off: the staged torch path gives the same counts and (for integers) sums.
+    assert isinstance(reducer._impl, kernel._CpuReducer)
+    reducer._impl.fused = False
+    with mock.patch.object(cpu_sums, "region_sums", side_effect=AssertionError("fused")):
+        staged = reducer.reduce(frames)
+    np.testing.assert_array_equal(got["count"], staged["count"])
+    if info is not None:
+        np.testing.assert_array_equal(got["sum"], staged["sum"])
+
+
+@needs_numba
+def test_fused_cpu_sums_are_not_used_for_other_stats_or_layouts() -> None:
+    from worker import cpu_sums
+
+    mask = np.arange(64).reshape(8, 8) % 3
+    frames = np.arange(3 * 64, dtype=np.uint16).reshape(3, 8, 8)
+    cases = [
+        (("sum", "max"), frames),
+        (("sum",), frames.astype(">u2")),
+        (("mean",), frames[:, ::-1]),
+    ]
+    for stats, data in cases:
+        reducer = MaskedReducer(mask, stats, device="cpu")
+        with mock.patch.object(cpu_sums, "region_sums", side_effect=AssertionError("fused")):
+            assert_matches(reducer.reduce(data), data, mask, stats)
 
 
 def test_unsigned_conversion_fallback() -> None:

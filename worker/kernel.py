@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import cpu_sums
+
 STATS = ("sum", "mean", "count", "min", "max", "std")
 
 #: Integers below this are exact in float32, and a float32 sum of non-negative
@@ -539,6 +541,24 @@ class _CpuReducer:
                     self.tiles.append(_plan_tile(labels, r0, min(r0 + tile_rows, last)))
         self.max_tile = max((t.local.size for t in self.tiles), default=1)
         self._buffers: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+        #: Fused numba sums (``worker.cpu_sums``) for sum/mean/count: None = wherever
+        #: numba imports (faster than the staged torch path on every measured mask and
+        #: dtype, see bench/RESULTS.md); tests set True/False to force a path.
+        self.fused: bool | None = None
+        self._runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._labels = labels
+
+    def _use_fused(self, frames: np.ndarray) -> bool:
+        """Whether the numba loops sum this block (only sum/mean/count are asked)."""
+        if self.fused is False or not set(self.stats) <= {"sum", "mean", "count"}:
+            return False
+        if not cpu_sums.usable(frames):
+            if self.fused and not cpu_sums.AVAILABLE:
+                raise RuntimeError("fused CPU sums forced on but numba is not installed")
+            return False
+        if self._runs is None:
+            self._runs = cpu_sums.plan_runs(self._labels)
+        return True
 
     def _buffer(self, name: str, dtype: torch.dtype, n: int) -> torch.Tensor:
         """A reused flat buffer of n elements (grown when needed, never shrunk)."""
@@ -664,6 +684,11 @@ class _CpuReducer:
     def reduce(
         self, frames: np.ndarray, kind: tuple[str, int]
     ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        if self._use_fused(frames):
+            assert self._runs is not None
+            with np.errstate(invalid="ignore", over="ignore"):
+                fsums, fnans = cpu_sums.region_sums(frames, self._runs, self.n_regions, kind)
+            return fsums.astype(np.float64), self.pixel_count - fnans, {}
         shape = (frames.shape[0], self.n_regions)
         is_float = kind[0] == "f"
         sums = np.zeros(shape, dtype=np.float64 if is_float else np.int64)
