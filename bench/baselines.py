@@ -86,7 +86,14 @@ class NoQueue:
         while len(pids) < processes:
             pids |= set(self.pool.map(_warm, range(processes * 4)))
 
-    def run(self, spec: Any, labels: np.ndarray, device: str = "cpu") -> np.ndarray:
+    def run(
+        self, spec: Any, labels: np.ndarray, device: str = "cpu"
+    ) -> tuple[np.ndarray, dict[str, float]]:
+        """The job's sums, and the CPU seconds its processes used ({"cpu": s})."""
+        from .e2e import cpu_seconds
+
+        pids = list(self.pool._processes)  # type: ignore[attr-defined]
+        cpu = cpu_seconds(pids)
         n = spec.n_chunks
         cuts = [round(i * n / self.processes) for i in range(self.processes + 1)]
         data = spec.to_json()
@@ -99,7 +106,7 @@ class NoQueue:
         for f in futures:
             start, sums = f.result()
             out[start : start + sums.size] = sums
-        return out
+        return out, {"cpu": cpu_seconds(pids) - cpu}
 
     def close(self) -> None:
         self.pool.shutdown()

@@ -31,11 +31,15 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 BEGIN, END = "<!-- bench.run:begin -->", "<!-- bench.run:end -->"
 LABELS = {"none": "contiguous", "gzip": "gzip 4 + shuffle", "bslz4": "Bitshuffle-LZ4"}
 METHODS = ("a", "a_job", "a1", "a1_job", "b", "b_prefetch", "b_hdf5", "c_threads", "c_delayed", "d")
+#: CPU seconds rows (not throughput): shown as seconds.
+CPU_ROWS = ("a_cpu", "b_cpu")
 NAMES = {
     "a": "(a) producer submit --wait, N workers",
     "a_job": "(a) counted from the job's creation in Redis (no CLI start-up, no checks)",
     "a1": "(a1) the same, 1 worker",
     "a1_job": "(a1) counted from the job's creation",
+    "a_cpu": "(a) CPU seconds of the worker node (parent + pool processes)",
+    "b_cpu": "(b) CPU seconds of the plain processes",
     "b": "(b) N plain processes, same read + kernel",
     "b_prefetch": "(b) with FRAMESTATS_PREFETCH=1 (read ahead in a thread)",
     "b_hdf5": "(b) with FRAMESTATS_DECODE_THREADS=0 (HDF5 decodes Bitshuffle)",
@@ -271,6 +275,9 @@ def summarize(result: dict[str, Any], stack: Stack) -> None:
         if "a1" in med:
             data["ratios"]["scaling"] = med["a1"] / med["a"]
             data["ratios"]["scaling_job"] = med["a1_job"] / med["a_job"]
+        if "a_cpu" in med and "b_cpu" in med:
+            data["ratios"]["cpu_b/a"] = med["b_cpu"] / med["a_cpu"]
+            data["cpu_overhead_ms_per_chunk"] = 1e3 * (med["a_cpu"] - med["b_cpu"]) / data["chunks"]
         data["overhead_ms_per_chunk"] = 1e3 * (med["a"] - med["b"]) / data["chunks"]
         data["job_overhead_ms_per_chunk"] = 1e3 * (med["a_job"] - med["b"]) / data["chunks"]
 
@@ -290,9 +297,14 @@ def table(result: dict[str, Any]) -> str:
             ]
             name = NAMES[m].replace("N ", f"{p['workers']} ")
             rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    for m in CPU_ROWS:
+        if all(m in result["forms"][f]["median_s"] for f in forms):
+            cells = [f"{result['forms'][f]['median_s'][m]:.2f} s" for f in forms]
+            rows.append(f"| {NAMES[m]} | " + " | ".join(cells) + " |")
     for key, label, goal in (
         ("a/b", "(a)/(b), goal >= 0.9", 0.9),
         ("a_job/b", "(a from the job's creation)/(b)", None),
+        ("cpu_b/a", "CPU seconds (b)/(a): the queue's cost, load-independent", None),
         ("a/c", "(a)/(best c), goal >= 1.4", 1.4),
         ("a/d", "(a)/(d)", None),
         ("scaling", "scaling 1 -> N workers, goal >= 1.8 (compressed)", 1.8),
@@ -310,7 +322,10 @@ def table(result: dict[str, Any]) -> str:
     for key, label in (
         ("overhead_ms_per_chunk", "per-chunk overhead ((a) - (b)) / chunks"),
         ("job_overhead_ms_per_chunk", "the same from the job's creation"),
+        ("cpu_overhead_ms_per_chunk", "the same in CPU time of the worker processes"),
     ):
+        if not all(key in result["forms"][f] for f in forms):
+            continue
         cells = [
             f"{result['forms'][f][key]:.1f} ms x {result['forms'][f]['chunks']}" for f in forms
         ]
