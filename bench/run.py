@@ -264,7 +264,7 @@ def summarize(result: dict[str, Any], stack: Stack) -> None:
     for data in result["forms"].values():
         med = {m: median(v) for m, v in data["times"].items()}
         data["median_s"] = med
-        data["gbps"] = {m: gb / t for m, t in med.items()}
+        data["gbps"] = {m: gb / t for m, t in med.items() if not m.endswith("_cpu") and t > 0}
         c_best = min(med["c_threads"], med["c_delayed"])
         data["ratios"] = {
             "a/b": med["b"] / med["a"],
@@ -275,7 +275,7 @@ def summarize(result: dict[str, Any], stack: Stack) -> None:
         if "a1" in med:
             data["ratios"]["scaling"] = med["a1"] / med["a"]
             data["ratios"]["scaling_job"] = med["a1_job"] / med["a_job"]
-        if "a_cpu" in med and "b_cpu" in med:
+        if med.get("a_cpu", 0) > 0 and "b_cpu" in med:
             data["ratios"]["cpu_b/a"] = med["b_cpu"] / med["a_cpu"]
             data["cpu_overhead_ms_per_chunk"] = 1e3 * (med["a_cpu"] - med["b_cpu"]) / data["chunks"]
         data["overhead_ms_per_chunk"] = 1e3 * (med["a"] - med["b"]) / data["chunks"]
