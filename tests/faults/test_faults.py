@@ -218,14 +218,14 @@ def test_kill_during_finalize(
     output = fault_data.output("out.h5")
     with workers(fault_redis.url(), str(tmp_path), queue, concurrency=1, **worker_env) as [w]:
         with OutputWatch(output) as watch:
+            (pid,) = pool_pids(fault_client, w)
             job = submit_job(output)
             # Wait for the finalizer's temporary output file, then kill it mid-write.
             deadline = time.monotonic() + 90
             while not any(n.startswith("out.h5.tmp-") for n in listdir(job.workdir)):
                 assert time.monotonic() < deadline, job.data()
                 assert not os.path.exists(output), "finalize finished before it could be killed"
-            for pid in pool_pids(fault_client, w):
-                os.kill(pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)  # concurrency 1: the only pool process finalizes
             # Killed mid-write: no output yet, the job is not done.
             assert job.state() == "finalizing"
             assert not os.path.exists(output)
@@ -308,7 +308,14 @@ def small_disk(fault_root: str) -> Iterator[Callable[[str], str]]:
 
 
 def remount(folder: str, options: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{options}", folder], check=True)
+    """Remount; a read-only remount fails (EBUSY) while a file is open for writing, as a
+    chunk result being written is for a moment: try again."""
+    for _ in range(100):
+        res = subprocess.run(["mount", "-o", f"remount,{options}", folder], capture_output=True)
+        if res.returncode == 0:
+            return
+        time.sleep(0.01)
+    raise RuntimeError(f"cannot remount {folder} {options}: {res.stderr.decode()}")
 
 
 def test_disk_full_at_finalize_then_resume(
