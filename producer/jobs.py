@@ -179,21 +179,34 @@ def begin_chunk(client: Client, job_id: str, index: int) -> tuple[JobState | Non
     return (JobState(raw) if raw else None), int(attempts)
 
 
+_COMMIT_CHUNK = """
+if redis.call('exists', KEYS[1]) == 0 then return -1 end
+if redis.call('sadd', KEYS[2], ARGV[1]) == 1 then
+  redis.call('hincrby', KEYS[1], 'frames_done', ARGV[2])
+  redis.call('hincrby', KEYS[1], 'bytes_done', ARGV[3])
+  redis.call('hset', KEYS[1], 'last_progress', ARGV[5])
+  redis.call('hincrby', KEYS[3], ARGV[4], ARGV[2])
+  redis.call('hincrby', KEYS[4], 'frames', ARGV[2])
+  redis.call('hincrby', KEYS[4], 'bytes', ARGV[3])
+  redis.call('hincrby', KEYS[4], 'chunks', 1)
+end
+return redis.call('scard', KEYS[2])
+"""
+
+
 def commit_chunk(
     client: Client, job_id: str, index: int, frames: int, nbytes: int, worker: str
 ) -> int:
-    """Record chunk ``index`` as committed (idempotent); returns chunks done so far."""
-    if client.sadd(C.job_done_key(job_id), index):
-        pipe = client.pipeline(transaction=True)
-        pipe.hincrby(C.job_key(job_id), "frames_done", frames)
-        pipe.hincrby(C.job_key(job_id), "bytes_done", nbytes)
-        pipe.hincrby(C.job_workers_key(job_id), worker, frames)
-        pipe.hset(C.job_key(job_id), "last_progress", time.time())
-        pipe.hincrby(C.METRICS_KEY, "frames", frames)
-        pipe.hincrby(C.METRICS_KEY, "bytes", nbytes)
-        pipe.hincrby(C.METRICS_KEY, "chunks", 1)
-        pipe.execute()
-    return chunks_done(client, job_id)
+    """Record chunk ``index`` as committed; returns chunks done so far (-1: unknown job).
+
+    One script, so a kill cannot separate the done set from the counters, a duplicate
+    delivery counts nothing, and a job Redis forgot is not half re-created (resume
+    rebuilds it from the job folder).
+    """
+    keys = [C.job_key(job_id), C.job_done_key(job_id), C.job_workers_key(job_id), C.METRICS_KEY]
+    return int(
+        client.eval(_COMMIT_CHUNK, len(keys), *keys, index, frames, nbytes, worker, time.time())
+    )
 
 
 def record_error(

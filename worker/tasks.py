@@ -153,6 +153,8 @@ def reduce_chunk(self: Task, payload: dict[str, Any]) -> str:
     )
     rt.heartbeat.chunk_finished(frames, frames * spec.frame_bytes, seconds)
     monitor.record_chunk_latency(rt.client, seconds)
+    if done < 0:  # Redis forgot the job meanwhile: the commit file stays for resume
+        return "unknown-job"
     # Top the window up: one finished chunk releases one pending chunk, once; a delivery
     # after a crash between taking and publishing it publishes the same one again.
     if jobs.state(rt.client, task.job_id) in (JobState.QUEUED, JobState.RUNNING):
