@@ -546,6 +546,47 @@ def test_fused_cpu_sums_are_used_and_match(dtype: str) -> None:
 
 
 @needs_numba
+@pytest.mark.parametrize("dtype", ["float32", "float64", "uint16", "int16", "uint32"])
+@pytest.mark.parametrize("n_frames", [1, 3, 4, 7, 9, 13])
+def test_fused_cpu_sums_frame_groups(dtype: str, n_frames: int) -> None:
+    """Frames are summed in groups of ``cpu_sums.GROUP`` per run, the rest one by one:
+    every frame, whatever its place in a group, gets its own sums, NaN counts and inf."""
+    from worker import cpu_sums
+
+    rng = np.random.default_rng(n_frames)
+    mask = rng.integers(0, 5, (23, 37))
+    mask[3:6] = 1  # a long run among short ones
+    if np.dtype(dtype).kind == "f":
+        frames = rng.normal(0, 1e3, (n_frames, 23, 37)).astype(dtype)
+        for f in range(n_frames):  # a different mix of non-finite pixels per frame
+            kind = f % 5
+            if kind == 1:
+                frames[f, 4, 2:9] = np.nan
+            elif kind == 2:
+                frames[f, 10, 5] = np.inf
+                frames[f, 11, 6] = np.nan
+            elif kind == 3:
+                frames[f, 4, 0], frames[f, 4, 30] = np.inf, -np.inf
+            elif kind == 4:
+                frames[f, mask == 2] = np.nan  # a whole region NaN
+    else:
+        info = np.iinfo(dtype)
+        frames = rng.integers(info.min, info.max, (n_frames, 23, 37), endpoint=True)
+        frames = frames.astype(dtype)
+        frames[n_frames - 1] = info.max  # the last (ungrouped or grouped) frame
+    stats = ("sum", "mean", "count")
+    reducer = MaskedReducer(mask, stats, device="cpu")
+    with mock.patch.object(cpu_sums, "region_sums", wraps=cpu_sums.region_sums) as calls:
+        got = reducer.reduce(frames)
+    assert calls.call_count == 1
+    assert_matches(got, frames, mask, stats)
+    for f in range(n_frames):  # each frame alone (the one-by-one path) agrees
+        alone = reducer.reduce(frames[f : f + 1])
+        np.testing.assert_array_equal(alone["count"][0], got["count"][f])
+        np.testing.assert_allclose(alone["sum"][0], got["sum"][f], rtol=1e-12, atol=0)
+
+
+@needs_numba
 def test_fused_cpu_sums_are_not_used_for_other_stats_or_layouts() -> None:
     from worker import cpu_sums
 

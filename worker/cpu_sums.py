@@ -34,6 +34,8 @@ AVAILABLE = numba is not None
 #: Longest run in pixels: 65535 * 16384 < 2**32 and 32768 * 16384 < 2**31, so the
 #: per-run accumulators of 8/16-bit input cannot overflow.
 CHUNK = 16384
+#: Frames summed side by side per run (float input).
+GROUP = 4
 
 #: (kind, itemsize) -> accumulator of a run (integers).
 _INT_ACC = {
@@ -132,22 +134,75 @@ if numba is not None:
         return acc
 
     @_jit
+    def _nan_run_sum(row, start, length):  # type: ignore[no-untyped-def]
+        """(sum skipping NaN, NaN count) of row[start:start + length]: nansum rules."""
+        acc = 0.0
+        skipped = 0
+        for i in range(start, start + length):
+            v = np.float64(row[i])
+            if v == v:
+                acc += v
+            else:
+                skipped += 1
+        return acc, skipped
+
+    @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
+    def _run_sum4(r0, r1, r2, r3, start, length):  # type: ignore[no-untyped-def]
+        """float64 sums of [start:start + length] of four rows in one pass."""
+        one = np.uint64(1)
+        i = np.uint64(start)
+        end = i + np.uint64(length)
+        a0 = 0.0
+        a1 = 0.0
+        a2 = 0.0
+        a3 = 0.0
+        while i < end:
+            a0 += np.float64(r0[i])
+            a1 += np.float64(r1[i])
+            a2 += np.float64(r2[i])
+            a3 += np.float64(r3[i])
+            i += one
+        return a0, a1, a2, a3
+
+    @_jit
     def _float_sums(x, starts, lengths, region, sums, nans):  # type: ignore[no-untyped-def]
-        for f in range(x.shape[0]):
+        n_frames = x.shape[0]
+        # Groups of GROUP frames: each run's (start, length, region) is read, and its
+        # loop set up, once per group; the GROUP rows are streamed side by side.
+        f = 0
+        while f + GROUP <= n_frames:
+            r0, r1, r2, r3 = x[f], x[f + 1], x[f + 2], x[f + 3]
+            for r in range(starts.size):
+                s = starts[r]
+                n = lengths[r]
+                k = region[r]
+                a0, a1, a2, a3 = _run_sum4(r0, r1, r2, r3, s, n)
+                if a0 != a0:  # NaN pixel (or inf - inf): nansum rules, count NaN
+                    a0, c = _nan_run_sum(r0, s, n)
+                    nans[f, k] += c
+                if a1 != a1:
+                    a1, c = _nan_run_sum(r1, s, n)
+                    nans[f + 1, k] += c
+                if a2 != a2:
+                    a2, c = _nan_run_sum(r2, s, n)
+                    nans[f + 2, k] += c
+                if a3 != a3:
+                    a3, c = _nan_run_sum(r3, s, n)
+                    nans[f + 3, k] += c
+                sums[f, k] += a0
+                sums[f + 1, k] += a1
+                sums[f + 2, k] += a2
+                sums[f + 3, k] += a3
+            f += GROUP
+        while f < n_frames:  # the last B % GROUP frames one by one
             row = x[f]
             for r in range(starts.size):
                 acc = _run_sum(row, starts[r], lengths[r])
-                if acc != acc:  # NaN pixel (or inf - inf): nansum rules, count NaN
-                    acc = 0.0
-                    skipped = 0
-                    for i in range(starts[r], starts[r] + lengths[r]):
-                        v = np.float64(row[i])
-                        if v == v:
-                            acc += v
-                        else:
-                            skipped += 1
-                    nans[f, region[r]] += skipped
+                if acc != acc:
+                    acc, c = _nan_run_sum(row, starts[r], lengths[r])
+                    nans[f, region[r]] += c
                 sums[f, region[r]] += acc
+            f += 1
 
     _INT_FUNCS = {"u32": _int_sums_u32, "i32": _int_sums_i32, "i64": _int_sums_i64}
 
