@@ -2,7 +2,12 @@
 
 Used by ``worker.kernel`` for sum/mean/count on the CPU when numba imports. The mask
 is turned once into runs of constant label along the flattened frame (``plan_runs``),
-each at most ``CHUNK`` pixels, and every frame is summed run by run:
+each at most ``CHUNK`` pixels, and every frame is summed run by run. Float and
+(u)int8/uint16 frames go in groups of ``GROUP`` consecutive frames: each run is summed
+in all of them in one loop (``GROUP`` rows streamed side by side, one accumulator
+each), so the run's metadata, loop set-up and branch misses are paid once per group,
+not per frame (short runs: 16 rings went from ~0.47x to ~0.7-0.9x of numpy.sum); the
+last ``B % GROUP`` frames go one by one. Groups of 8 were slower (register pressure).
 
 * integers: a run is summed in an integer accumulator that cannot overflow over
   ``CHUNK`` pixels (uint32 for (u)int8/uint16, int32 for int8/int16, int64 for 32-bit
