@@ -30,7 +30,19 @@ from .data import DATASET, FORMS, Stack, data_root, ensure_stack, file_sizes
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 BEGIN, END = "<!-- bench.run:begin -->", "<!-- bench.run:end -->"
 LABELS = {"none": "contiguous", "gzip": "gzip 4 + shuffle", "bslz4": "Bitshuffle-LZ4"}
-METHODS = ("a", "a_job", "a1", "a1_job", "b", "b_prefetch", "b_hdf5", "c_threads", "c_delayed", "d")
+METHODS = (
+    "a",
+    "a_job",
+    "a1",
+    "a1_job",
+    "b",
+    "b1",
+    "b_prefetch",
+    "b_hdf5",
+    "c_threads",
+    "c_delayed",
+    "d",
+)
 #: CPU seconds rows (not throughput): shown as seconds.
 CPU_ROWS = ("a_cpu", "b_cpu")
 NAMES = {
@@ -41,6 +53,7 @@ NAMES = {
     "a_cpu": "(a) CPU seconds of the worker node (parent + pool processes)",
     "b_cpu": "(b) CPU seconds of the plain processes",
     "b": "(b) N plain processes, same read + kernel",
+    "b1": "(b1) the same, 1 process (the machine's own scaling)",
     "b_prefetch": "(b) with FRAMESTATS_PREFETCH=1 (read ahead in a thread)",
     "b_hdf5": "(b) with FRAMESTATS_DECODE_THREADS=0 (HDF5 decodes Bitshuffle)",
     "c_threads": "(c) Dask from_array, threads",
@@ -153,6 +166,8 @@ def form_runners(
     }
     if single is not None:
         runners["a1"] = lambda: e2e.submit_wait(redis_url, single, path, stack.mask, out_a)
+    if "b1" in variants:
+        runners["b1"] = lambda: variants["b1"].run(spec, mask)
     if "b_prefetch" in variants:
         runners["b_prefetch"] = lambda: variants["b_prefetch"].run(spec, mask)
     if "b_hdf5" in variants and form == "bslz4":
@@ -196,6 +211,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     noqueue = baselines.NoQueue(n)
     delayed = baselines.DaskDelayed(n)
     variants: dict[str, baselines.NoQueue] = {}
+    if not args.no_scaling:
+        variants["b1"] = baselines.NoQueue(1)
     if not args.no_variants:
         variants["b_prefetch"] = baselines.NoQueue(n, {"FRAMESTATS_PREFETCH": "1"})
         variants["b_hdf5"] = baselines.NoQueue(n, {"FRAMESTATS_DECODE_THREADS": "0"})
@@ -275,6 +292,8 @@ def summarize(result: dict[str, Any], stack: Stack) -> None:
         if "a1" in med:
             data["ratios"]["scaling"] = med["a1"] / med["a"]
             data["ratios"]["scaling_job"] = med["a1_job"] / med["a_job"]
+        if "b1" in med:
+            data["ratios"]["scaling_b"] = med["b1"] / med["b"]
         if med.get("a_cpu", 0) > 0 and "b_cpu" in med:
             data["ratios"]["cpu_b/a"] = med["b_cpu"] / med["a_cpu"]
             data["cpu_overhead_ms_per_chunk"] = 1e3 * (med["a_cpu"] - med["b_cpu"]) / data["chunks"]
@@ -309,6 +328,7 @@ def table(result: dict[str, Any]) -> str:
         ("a/d", "(a)/(d)", None),
         ("scaling", "scaling 1 -> N workers, goal >= 1.8 (compressed)", 1.8),
         ("scaling_job", "scaling, counted from the job's creation", None),
+        ("scaling_b", "scaling of (b) 1 -> N plain processes (the limit here)", None),
     ):
         if all(key in result["forms"][f]["ratios"] for f in forms):
             cells = []
