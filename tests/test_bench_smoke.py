@@ -32,8 +32,8 @@ def test_bench_runs_every_method_and_reports_ratios(tmp_path, redis_url):
     result = json.loads(out.read_text())
     assert set(result["forms"]) == {"none", "gzip", "bslz4"}
     for data in result["forms"].values():
-        assert {"a/b", "a/c", "a/d", "scaling"} <= set(data["ratios"])
-        assert all(v > 0 for v in data["ratios"].values())
+        main = ("a/b", "a/c", "a/d", "scaling")  # CPU-time ratios may be 0 on tiny input
+        assert all(data["ratios"][k] > 0 for k in main)
     assert result["plan_parts"][0]["chunks"] == 300
     assert "(a)/(b)" in run.stdout and "producer --help" in run.stdout
 
