@@ -79,11 +79,6 @@ def check_fits(labels: np.ndarray, frame_shape: tuple[int, int], source: str) ->
     return n_regions
 
 
-def pixel_counts(labels: np.ndarray, n_regions: int) -> np.ndarray:
-    """Mask pixels per region 1..K, int64 (K,)."""
-    return np.bincount(labels.ravel(), minlength=n_regions + 1)[1:].astype(np.int64)
-
-
 # --- Masks from any source, conventions, exclusions -------------------------------------
 
 #: Mask conventions for ``--mask``: ``labels`` (True / 1..K are regions) or ``nexus``
