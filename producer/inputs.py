@@ -6,11 +6,11 @@ Every failure is an InputError with one line that names the file and the problem
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import h5py
-import hdf5plugin  # noqa: F401  (registers Bitshuffle-LZ4, LZ4, Blosc, Zstd, ... with HDF5)
 import numpy as np
 
 from .constants import NEXUS_DATASET
@@ -93,13 +93,29 @@ def filter_names(dset: h5py.Dataset) -> tuple[str, ...]:
     return tuple(names)
 
 
+def register_filters() -> bool:
+    """Register hdf5plugin's filters (Bitshuffle-LZ4, LZ4, Zstd, Blosc, ...) with HDF5.
+
+    Importing hdf5plugin loads a dozen filter libraries (~20 ms of every command), so
+    the producer does it only when a dataset needs a filter HDF5 lacks. Returns whether
+    this call registered them (False: they already were).
+    """
+    if "hdf5plugin" in sys.modules:
+        return False
+    import hdf5plugin  # noqa: F401
+
+    return True
+
+
 def missing_filters(dset: h5py.Dataset) -> list[str]:
-    """Filters the dataset needs that this HDF5 library cannot decode."""
+    """Filters the dataset needs that this HDF5 library cannot decode (after hdf5plugin)."""
     plist = dset.id.get_create_plist()
     missing = []
     for i in range(plist.get_nfilters()):
         code, _flags, _values, raw_name = plist.get_filter(i)
-        if not h5py.h5z.filter_avail(code):
+        if not h5py.h5z.filter_avail(code) and not (
+            register_filters() and h5py.h5z.filter_avail(code)
+        ):
             name = FILTER_NAMES.get(code) or raw_name.decode(errors="replace") or "unknown"
             missing.append(f"{name} (HDF5 filter id {code})")
     return missing
@@ -174,4 +190,10 @@ def check_frames_dataset(dset: h5py.Dataset, path: str) -> None:
     try:
         dset[0:1]
     except Exception as exc:  # h5py raises OSError/RuntimeError/ValueError for bad chunks
-        raise InputError(f"cannot read frame 0 of {dset.name} in {path}: {exc}") from exc
+        # A virtual dataset's sources may need a plugin filter its own layout does not name.
+        if not register_filters():
+            raise InputError(f"cannot read frame 0 of {dset.name} in {path}: {exc}") from exc
+        try:
+            dset[0:1]
+        except Exception as exc2:
+            raise InputError(f"cannot read frame 0 of {dset.name} in {path}: {exc2}") from exc2

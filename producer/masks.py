@@ -187,7 +187,10 @@ def _is_hdf5(path: str) -> bool:
 def _load_h5(file: str, dataset: str | None) -> tuple[np.ndarray, str]:
     """(array, dataset path) of a mask stored in HDF5; the only 2-D dataset when unnamed."""
     import h5py
-    import hdf5plugin  # noqa: F401  (compressed masks)
+
+    from .inputs import register_filters
+
+    register_filters()  # compressed masks
 
     if not os.access(file, os.R_OK):
         raise MaskError(f"mask file is not readable: {file}")

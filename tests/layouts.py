@@ -56,8 +56,14 @@ def write_eiger(
     return master
 
 
-def write_vds(folder: str, name: str, blocks: Sequence[np.ndarray]) -> tuple[str, list[str]]:
-    """A virtual dataset ``/entry/data/data`` over one source file per block (relative names)."""
+def write_vds(
+    folder: str, name: str, blocks: Sequence[np.ndarray], bitshuffle: bool = False
+) -> tuple[str, list[str]]:
+    """A virtual dataset ``/entry/data/data`` over one source file per block (relative names).
+
+    Sources are gzip-compressed, or Bitshuffle-LZ4 with ``bitshuffle``.
+    """
+    filters = dict(hdf5plugin.Bitshuffle(cname="lz4")) if bitshuffle else {"compression": "gzip"}
     total = sum(len(b) for b in blocks)
     shape = (total, *blocks[0].shape[1:])
     layout = h5py.VirtualLayout(shape=shape, dtype=blocks[0].dtype)
@@ -67,7 +73,7 @@ def write_vds(folder: str, name: str, blocks: Sequence[np.ndarray]) -> tuple[str
         fname = f"{name}_part{i}.h5"
         path = os.path.join(folder, fname)
         with h5py.File(path, "w") as f:
-            f.create_dataset("frames", data=block, chunks=(1, *block.shape[1:]), compression="gzip")
+            f.create_dataset("frames", data=block, chunks=(1, *block.shape[1:]), **filters)
         layout[pos : pos + len(block)] = h5py.VirtualSource(fname, "frames", shape=block.shape)
         pos += len(block)
         sources.append(path)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -153,6 +155,33 @@ def test_vds_resolves_and_lists_its_sources(tmp_path):
     os.remove(parts[1])
     with pytest.raises(InputError, match=f"source of virtual dataset .* is missing: {parts[1]}"):
         resolve_inputs([vds], None)
+
+
+_CHECK_IN_FRESH_PROCESS = """
+import sys
+from producer.sources import resolve_inputs
+(src,) = resolve_inputs([sys.argv[1]], None).sources
+print(src.segment.count, "hdf5plugin" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("form", ["none", "gzip", "bslz4", "vds-bslz4"])
+def test_plugin_filters_are_registered_only_when_an_input_needs_them(tmp_path, form):
+    """hdf5plugin (~20 ms per command) loads only for inputs whose filters HDF5 lacks,
+    also when only a virtual dataset's sources name the filter."""
+    frames = detector_frames(5, H, W, seed=3)
+    if form == "vds-bslz4":
+        path, _ = write_vds(str(tmp_path), "v", [frames[:2], frames[2:]], bitshuffle=True)
+    else:
+        path = write_stack(str(tmp_path / f"{form}.h5"), frames, form)
+    out = subprocess.run(
+        [sys.executable, "-c", _CHECK_IN_FRESH_PROCESS, path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.split() == ["5", str(form not in ("none", "gzip"))]
 
 
 def test_explicit_dataset_through_an_external_link_reads_the_data_file(eiger):
