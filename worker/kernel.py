@@ -43,6 +43,7 @@ exactness argument needs true float32 products and sums.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import warnings
@@ -526,20 +527,10 @@ class _CpuReducer:
         self.stats = stats
         self.minmax = "min" in stats or "max" in stats
         self.pixel_count = np.bincount(labels.ravel(), minlength=n_regions + 1)[1:]
-        height, width = labels.shape
+        width = labels.shape[1]
         if width >= _MAX_ROW:
             raise ValueError(f"frame width {width} is not below {_MAX_ROW} pixels")
-        tile_rows = max(1, min(height, _MAX_TILE_PIXELS // max(1, width)))
         self.width = width
-        self.tiles: list[_Tile] = []
-        masked_rows = np.flatnonzero(labels.any(axis=1))
-        if masked_rows.size:
-            # Runs of consecutive rows with masked pixels: unmasked rows are never read.
-            for span in np.split(masked_rows, np.flatnonzero(np.diff(masked_rows) > 1) + 1):
-                last = int(span[-1]) + 1
-                for r0 in range(int(span[0]), last, tile_rows):
-                    self.tiles.append(_plan_tile(labels, r0, min(r0 + tile_rows, last)))
-        self.max_tile = max((t.local.size for t in self.tiles), default=1)
         self._buffers: dict[tuple[str, torch.dtype], torch.Tensor] = {}
         #: Fused numba sums (``worker.cpu_sums``) for sum/mean/count: None = wherever
         #: numba imports (faster than the staged torch path on every measured mask and
@@ -547,6 +538,27 @@ class _CpuReducer:
         self.fused: bool | None = None
         self._runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._labels = labels
+
+    @functools.cached_property
+    def tiles(self) -> list[_Tile]:
+        """The staged path's tiles, planned on its first use (~10 ms for 512x512): jobs
+        whose blocks all take the fused loops never pay for them."""
+        labels = self._labels
+        height, width = labels.shape
+        tile_rows = max(1, min(height, _MAX_TILE_PIXELS // max(1, width)))
+        tiles: list[_Tile] = []
+        masked_rows = np.flatnonzero(labels.any(axis=1))
+        if masked_rows.size:
+            # Runs of consecutive rows with masked pixels: unmasked rows are never read.
+            for span in np.split(masked_rows, np.flatnonzero(np.diff(masked_rows) > 1) + 1):
+                last = int(span[-1]) + 1
+                for r0 in range(int(span[0]), last, tile_rows):
+                    tiles.append(_plan_tile(labels, r0, min(r0 + tile_rows, last)))
+        return tiles
+
+    @functools.cached_property
+    def max_tile(self) -> int:
+        return max((t.local.size for t in self.tiles), default=1)
 
     def _use_fused(self, frames: np.ndarray) -> bool:
         """Whether the numba loops sum this block (only sum/mean/count are asked)."""
