@@ -373,3 +373,36 @@ def test_job_context_reads_into_the_reducers_buffers(tmp_path):
     np.testing.assert_array_equal(gpu.compute(0, 9)["sum"][:, 0], want)
     assert sent and all(sent)
     gpu.close()
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_readers_share_the_process_buffers_one_at_a_time(tmp_path, prefetch):
+    """A job's reader reads into the buffers an earlier job's reader gave back (no fresh
+    memory per job), and two readers iterating at once never share one."""
+    from worker.reader import BufferPool
+
+    frames = detector_frames(12, 24, 40, dtype=np.uint16, seed=8)
+    path = make_file(tmp_path / "a.h5", frames, 2, **BSLZ4)
+    spec = spec_for([Segment(path, DSET, 0, 12)], (24, 40), np.uint16)
+    pool = BufferPool()
+
+    def reader() -> FrameReader:
+        r = FrameReader(spec, block_bytes=4 * 24 * 40 * 2, decode_threads=1, prefetch=prefetch)
+        r.pool = pool
+        return r
+
+    first, second = reader(), reader()
+    try:
+        seen = [block.base for _, block in first.blocks(0, 12)]
+        assert len(pool._free) >= 1  # given back when the iteration ended
+        again = [block for _, block in second.blocks(0, 12)]
+        assert any(np.shares_memory(b, s) for b in again for s in seen if s is not None)
+        # Interleaved: each block still holds its own frames while the other reads.
+        a, b = first.blocks(0, 12), second.blocks(4, 12)
+        for (pa, ba), (pb, bb) in zip(a, b, strict=False):
+            assert not np.shares_memory(ba, bb)
+            np.testing.assert_array_equal(ba, frames[pa : pa + len(ba)])
+            np.testing.assert_array_equal(bb, frames[pb : pb + len(bb)])
+    finally:
+        first.close()
+        second.close()

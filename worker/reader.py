@@ -1,8 +1,9 @@
 """Reading a job's frames from HDF5 into reused buffers (h5py only; knows nothing of torch).
 
 Blocks follow the dataset's HDF5 chunking along the frame axis, so every compressed
-chunk is decoded once, and ``read_direct`` fills one buffer that lives as long as the
-reader: no fresh large allocation per block (those cost a lot on these machines).
+chunk is decoded once, and ``read_direct`` fills buffers that outlive the reader: no
+fresh large allocation per block, nor per job (those cost a lot on these machines: the
+first read into a fresh 32 MiB array took 30-80 ms of page faults, ten times the read).
 
 Bitshuffle-LZ4/Zstd datasets are decoded by ``worker.decode`` (raw chunks, decoded in
 threads outside HDF5's lock) when it applies. With ``prefetch`` the next block is read
@@ -13,6 +14,7 @@ and reducing use different resources (a GPU worker), not where one core does bot
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -34,6 +36,39 @@ DEFAULT_BLOCK_BYTES = 32 * 1024 * 1024
 #: copy). It must hand out alternating buffers: an array must stay untouched until
 #: the one after next is asked for (the current and the prefetched block).
 BufferProvider = Callable[[int, np.dtype], np.ndarray | None]
+
+
+class BufferPool:
+    """Spare read buffers (raw bytes) shared by the readers of one process.
+
+    Every job gets its own reader; taking its buffers from here spares each job's first
+    chunk in each process the page faults of fresh memory. A reader holds what it took
+    only during one ``blocks`` call, so two readers never share a buffer.
+    """
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self._free: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> np.ndarray:
+        """A uint8 array of at least ``nbytes`` (a spare one when one is big enough)."""
+        with self._lock:
+            for i, buf in enumerate(self._free):
+                if buf.nbytes >= nbytes:
+                    return self._free.pop(i)
+        return np.empty(nbytes, dtype=np.uint8)
+
+    def give(self, buf: np.ndarray) -> None:
+        """Return a buffer from ``take``; only the ``keep`` largest spares are kept."""
+        with self._lock:
+            self._free.append(buf)
+            self._free.sort(key=lambda b: b.nbytes, reverse=True)
+            del self._free[self.keep :]
+
+
+#: This process's spare buffers (two: a reader's current and prefetched block).
+POOL = BufferPool()
 
 
 def check_links(f: h5py.File, name: str, roots: tuple[str, ...]) -> None:
@@ -94,7 +129,9 @@ class FrameReader:
         self._files: dict[str, h5py.File] = {}
         self._links_checked: set[tuple[str, str]] = set()
         self._decoders: dict[tuple[str, str], ChunkDecoder | None] = {}
+        #: Raw bytes of the two read slots, taken from ``pool`` for one ``blocks`` call.
         self._buffers: list[np.ndarray | None] = [None, None]
+        self.pool = POOL
         self._io: ThreadPoolExecutor | None = None
 
     @classmethod
@@ -163,10 +200,20 @@ class FrameReader:
                 and given.flags.writeable
             ):
                 return given
-        buf = self._buffers[slot]
-        if buf is None or buf.shape[0] < frames:
-            buf = self._buffers[slot] = np.empty((frames, h, w), dtype=self.dtype)
-        return buf[:frames]
+        nbytes = frames * h * w * self.dtype.itemsize
+        raw = self._buffers[slot]
+        if raw is None or raw.nbytes < nbytes:
+            if raw is not None:
+                self.pool.give(raw)
+            raw = self._buffers[slot] = self.pool.take(nbytes)
+        return raw[:nbytes].view(self.dtype).reshape(frames, h, w)
+
+    def _release(self) -> None:
+        """Give the read buffers back to the pool (the caller has no block any more)."""
+        for slot, raw in enumerate(self._buffers):
+            if raw is not None:
+                self.pool.give(raw)
+                self._buffers[slot] = None
 
     def block_frames(self, dset: h5py.Dataset) -> int:
         per_chunk = int(dset.chunks[0]) if dset.chunks else 1
@@ -215,15 +262,19 @@ class FrameReader:
     def blocks(self, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (global first frame, frames) covering [start, stop); the arrays are reused.
 
-        A yielded array stays valid until the next one is asked for. With a buffer
+        A yielded array stays valid until the next one is asked for, and not after the
+        iteration ends (its memory goes back to the process's pool). With a buffer
         provider, blocks are read into the arrays it hands out (one call per block, in
         block order, from the prefetch thread when prefetching).
         """
         if not self.prefetch:
-            for pos, n, seg, dset, first in self._plan(start, stop):
-                buf = self._buffer_for(n)
-                self._read(pos, n, seg, dset, first, buf)
-                yield pos, buf
+            try:
+                for pos, n, seg, dset, first in self._plan(start, stop):
+                    buf = self._buffer_for(n)
+                    self._read(pos, n, seg, dset, first, buf)
+                    yield pos, buf
+            finally:
+                self._release()
             return
         if self._io is None:
             self._io = ThreadPoolExecutor(1, "prefetch")
@@ -255,6 +306,7 @@ class FrameReader:
                 pending.result()
             except BaseException:  # already failing or closed: its error is not the news
                 pass
+            self._release()
 
     def close(self) -> None:
         if self._io is not None:
@@ -270,4 +322,4 @@ class FrameReader:
             except Exception:  # closing a broken file must not mask the real error
                 pass
         self._files.clear()
-        self._buffers = [None, None]
+        self._release()
