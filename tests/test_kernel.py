@@ -587,20 +587,76 @@ def test_fused_cpu_sums_frame_groups(dtype: str, n_frames: int) -> None:
 
 
 @needs_numba
-def test_fused_cpu_sums_are_not_used_for_other_stats_or_layouts() -> None:
+@pytest.mark.parametrize("dtype", FRAME_DTYPES)
+def test_fused_cpu_min_max_std_match_numpy_and_the_staged_path(dtype: str) -> None:
+    """min/max/std in numba loops too: exact min/max, std as numpy's (NaN skipped; a
+    region holding inf, or only NaN, has NaN std; empty regions NaN)."""
+    from worker import cpu_sums
+
+    rng = np.random.default_rng(21)
+    mask = rng.integers(0, 5, (31, 45))
+    mask[2:5] = 1  # a long run among short ones
+    mask[mask == 4] = 0  # label 4 never occurs below K = 5
+    mask[0, 0] = 5
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    if info is not None:
+        frames = rng.integers(info.min, info.max, (6, 31, 45), endpoint=True).astype(dtype)
+        frames[0] = info.max
+        frames[1, mask == 2] = info.min
+    else:
+        frames = (rng.normal(0, 1e3, (6, 31, 45)) + 1e6).astype(dtype)  # mean >> spread
+        frames[0, 3, :9] = np.nan
+        frames[1, mask == 2] = np.nan  # a whole region NaN
+        frames[2, 3, 4] = np.inf
+        frames[3, 3, 5], frames[3, 10, 7] = -np.inf, np.nan
+        frames[4, mask == 0] = np.nan  # unmasked NaN is ignored
+    stats = STATS
+    reducer = MaskedReducer(mask, stats, device="cpu")
+    with (
+        mock.patch.object(cpu_sums, "region_minmax", wraps=cpu_sums.region_minmax) as mm,
+        mock.patch.object(cpu_sums, "region_ssd", wraps=cpu_sums.region_ssd) as sd,
+    ):
+        got = reducer.reduce(frames)
+    assert mm.call_count == 1 and sd.call_count == 1
+    assert_matches(got, frames, mask, stats)
+    assert isinstance(reducer._impl, kernel._CpuReducer)
+    reducer._impl.fused = False
+    with mock.patch.object(cpu_sums, "region_sums", side_effect=AssertionError("fused")):
+        staged = reducer.reduce(frames)
+    for s in ("min", "max", "count"):
+        np.testing.assert_array_equal(got[s], staged[s])
+    np.testing.assert_allclose(got["std"], staged["std"], rtol=1e-9, equal_nan=True)
+
+
+@needs_numba
+def test_fused_cpu_loops_read_other_layouts_through_a_native_copy() -> None:
+    """Big-endian and strided frames are copied (byte-swapped) into one reused native
+    buffer and take the same loops, so they give the very same results."""
     from worker import cpu_sums
 
     mask = np.arange(64).reshape(8, 8) % 3
     frames = np.arange(3 * 64, dtype=np.uint16).reshape(3, 8, 8)
     cases = [
-        (("sum", "max"), frames),
-        (("sum",), frames.astype(">u2")),
-        (("mean",), frames[:, ::-1]),
+        (("sum", "max"), frames.astype(">u2")),
+        (("sum",), frames.astype(">f8")),
+        (("mean", "std"), frames[:, ::-1]),
     ]
     for stats, data in cases:
         reducer = MaskedReducer(mask, stats, device="cpu")
-        with mock.patch.object(cpu_sums, "region_sums", side_effect=AssertionError("fused")):
-            assert_matches(reducer.reduce(data), data, mask, stats)
+        native = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("="))
+        with mock.patch.object(cpu_sums, "region_sums", wraps=cpu_sums.region_sums) as calls:
+            got = reducer.reduce(data)
+            again = reducer.reduce(data)
+        assert calls.call_count == 2
+        assert all(
+            c.args[0].dtype.isnative and c.args[0].flags.c_contiguous for c in calls.call_args_list
+        )
+        assert calls.call_args_list[0].args[0].base is calls.call_args_list[1].args[0].base
+        assert_matches(got, data, mask, stats)
+        expected = reducer.reduce(native)
+        for s in stats:
+            np.testing.assert_array_equal(got[s], expected[s])
+            np.testing.assert_array_equal(again[s], expected[s])
 
 
 def test_unsigned_conversion_fallback() -> None:

@@ -1,8 +1,12 @@
-"""Fused CPU region sums with numba: one read of the raw frames, no staging copy.
+"""Fused CPU region statistics with numba: reads of the raw frames, no staging copy.
 
-Used by ``worker.kernel`` for sum/mean/count on the CPU when numba imports. The mask
-is turned once into runs of constant label along the flattened frame (``plan_runs``),
-each at most ``CHUNK`` pixels, and every frame is summed run by run. Float and
+Used by ``worker.kernel`` on the CPU whenever numba imports: sums and NaN counts
+(sum/mean/count) in one read; min/max (``region_minmax``) and squared deviations from
+the frame's region means (``region_ssd``, for std) in one more read each, only when
+asked.
+
+The mask is turned once into runs of constant label along the flattened frame
+(``plan_runs``), each at most ``CHUNK`` pixels, and every frame is read run by run. Float and
 (u)int8/uint16 frames go in groups of ``GROUP`` consecutive frames: each run is summed
 in all of them in one loop (``GROUP`` rows streamed side by side, one accumulator
 each), so the run's metadata, loop set-up and branch misses are paid once per group,
@@ -242,6 +246,98 @@ if numba is not None:
 
     _INT_FUNCS = {"u32": _int_sums_u32, "i32": _int_sums_i32, "i64": _int_sums_i64}
 
+    @_jit
+    def _minmax_int(x, starts, lengths, region, mins, maxs):  # type: ignore[no-untyped-def]
+        """min and max per region of integer frames, compared in their own type (LLVM
+        vectorizes it); ``mins``/``maxs`` start as NaN. Runs are never empty."""
+        one = np.uint64(1)
+        for f in range(x.shape[0]):
+            row = x[f]
+            for r in range(starts.size):
+                i = np.uint64(starts[r])
+                end = i + np.uint64(lengths[r])
+                lo = row[i]
+                hi = row[i]
+                while i < end:
+                    v = row[i]
+                    lo = min(lo, v)
+                    hi = max(hi, v)
+                    i += one
+                k = region[r]
+                a = np.float64(lo)  # exact: at most 32 bits
+                b = np.float64(hi)
+                if not mins[f, k] <= a:  # NaN (nothing yet) or larger
+                    mins[f, k] = a
+                if not maxs[f, k] >= b:
+                    maxs[f, k] = b
+
+    @_jit
+    def _minmax_float(x, starts, lengths, region, mins, maxs):  # type: ignore[no-untyped-def]
+        """NaN-skipping min and max per region of float frames; ``mins``/``maxs`` start
+        as NaN. Four independent accumulators per run (a compare chain per pixel would
+        wait on the previous one)."""
+        one = np.uint64(1)
+        two = np.uint64(2)
+        three = np.uint64(3)
+        four = np.uint64(4)
+        inf = np.inf
+        for f in range(x.shape[0]):
+            row = x[f]
+            for r in range(starts.size):
+                i = np.uint64(starts[r])
+                end = i + np.uint64(lengths[r])
+                l0 = l1 = l2 = l3 = inf
+                h0 = h1 = h2 = h3 = -inf
+                while i + four <= end:
+                    v0 = np.float64(row[i])
+                    v1 = np.float64(row[i + one])
+                    v2 = np.float64(row[i + two])
+                    v3 = np.float64(row[i + three])
+                    # A comparison with NaN is False: NaN pixels are skipped.
+                    l0 = v0 if v0 < l0 else l0
+                    l1 = v1 if v1 < l1 else l1
+                    l2 = v2 if v2 < l2 else l2
+                    l3 = v3 if v3 < l3 else l3
+                    h0 = v0 if v0 > h0 else h0
+                    h1 = v1 if v1 > h1 else h1
+                    h2 = v2 if v2 > h2 else h2
+                    h3 = v3 if v3 > h3 else h3
+                    i += four
+                while i < end:
+                    v0 = np.float64(row[i])
+                    l0 = v0 if v0 < l0 else l0
+                    h0 = v0 if v0 > h0 else h0
+                    i += one
+                lo = min(min(l0, l1), min(l2, l3))
+                hi = max(max(h0, h1), max(h2, h3))
+                if lo == inf and hi == -inf:
+                    continue  # only NaN (+inf raises hi, -inf lowers lo)
+                k = region[r]
+                if not mins[f, k] <= lo:
+                    mins[f, k] = lo
+                if not maxs[f, k] >= hi:
+                    maxs[f, k] = hi
+
+    @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
+    def _ssd(x, starts, lengths, region, mean, out):  # type: ignore[no-untyped-def]
+        """sum((x - mean)**2) per region in float64; NaN and inf pixels add nothing."""
+        one = np.uint64(1)
+        inf = np.inf
+        for f in range(x.shape[0]):
+            row = x[f]
+            for r in range(starts.size):
+                k = region[r]
+                m = mean[f, k]
+                i = np.uint64(starts[r])
+                end = i + np.uint64(lengths[r])
+                acc = 0.0
+                while i < end:
+                    d = np.float64(row[i]) - m
+                    t = d * d
+                    acc += t if t < inf else 0.0  # NaN < inf is False too
+                    i += one
+                out[f, k] += acc
+
 
 def usable(frames: np.ndarray) -> bool:
     """Whether ``region_sums`` reads these frames directly (C-contiguous, native order)."""
@@ -267,3 +363,36 @@ def region_sums(
     out = np.zeros((x.shape[0], n_regions), dtype=np.int64)
     _INT_FUNCS[_INT_ACC[kind]](x, starts, lengths, region, out)
     return out, nans
+
+
+def region_minmax(
+    frames: np.ndarray, runs: tuple[np.ndarray, np.ndarray, np.ndarray], n_regions: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(min, max) float64 (B, K) of (B, H, W) frames, NaN pixels skipped; NaN where a
+    region has no pixel that is not NaN."""
+    if not usable(frames):
+        raise ValueError("region_minmax needs numba and C-contiguous native-order frames")
+    x = frames.reshape(frames.shape[0], -1)
+    mins = np.full((x.shape[0], n_regions), np.nan)
+    maxs = np.full((x.shape[0], n_regions), np.nan)
+    (_minmax_float if frames.dtype.kind == "f" else _minmax_int)(x, *runs, mins, maxs)
+    return mins, maxs
+
+
+def region_ssd(
+    frames: np.ndarray,
+    runs: tuple[np.ndarray, np.ndarray, np.ndarray],
+    mean: np.ndarray,
+) -> np.ndarray:
+    """Sum of squared deviations from ``mean`` (B, K) per region, float64 (B, K).
+
+    NaN pixels are skipped; an infinite pixel adds nothing either (its region's sum is
+    not finite, so its std is NaN whatever this says).
+    """
+    if not usable(frames):
+        raise ValueError("region_ssd needs numba and C-contiguous native-order frames")
+    x = frames.reshape(frames.shape[0], -1)
+    mean = np.ascontiguousarray(mean, dtype=np.float64)
+    out = np.zeros(mean.shape)
+    _ssd(x, *runs, mean, out)
+    return out

@@ -538,6 +538,7 @@ class _CpuReducer:
         self.fused: bool | None = None
         self._runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._labels = labels
+        self._copy: np.ndarray | None = None
 
     @functools.cached_property
     def tiles(self) -> list[_Tile]:
@@ -560,17 +561,30 @@ class _CpuReducer:
     def max_tile(self) -> int:
         return max((t.local.size for t in self.tiles), default=1)
 
-    def _use_fused(self, frames: np.ndarray) -> bool:
-        """Whether the numba loops sum this block (only sum/mean/count are asked)."""
-        if self.fused is False or not set(self.stats) <= {"sum", "mean", "count"}:
+    def _use_fused(self) -> bool:
+        """Whether the numba loops reduce blocks (wherever numba imports, unless off)."""
+        if self.fused is False:
             return False
-        if not cpu_sums.usable(frames):
-            if self.fused and not cpu_sums.AVAILABLE:
+        if not cpu_sums.AVAILABLE:
+            if self.fused:
                 raise RuntimeError("fused CPU sums forced on but numba is not installed")
             return False
         if self._runs is None:
             self._runs = cpu_sums.plan_runs(self._labels)
         return True
+
+    def _native(self, frames: np.ndarray) -> np.ndarray:
+        """``frames`` as the numba loops read them: C-contiguous, native byte order
+        (big-endian or strided views are copied into a reused buffer)."""
+        if cpu_sums.usable(frames):
+            return frames
+        dtype = frames.dtype.newbyteorder("=")
+        nbytes = frames.size * dtype.itemsize
+        if self._copy is None or self._copy.nbytes < nbytes:
+            self._copy = np.empty(nbytes, dtype=np.uint8)
+        out = self._copy[:nbytes].view(dtype).reshape(frames.shape)
+        np.copyto(out, frames, casting="equiv")  # byte-swaps
+        return out
 
     def _buffer(self, name: str, dtype: torch.dtype, n: int) -> torch.Tensor:
         """A reused flat buffer of n elements (grown when needed, never shrunk)."""
@@ -693,14 +707,30 @@ class _CpuReducer:
 
     # -- driver ---------------------------------------------------------------------
 
+    def _reduce_fused(
+        self, frames: np.ndarray, kind: tuple[str, int]
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """The numba loops: sums (one read), then min/max and squared deviations (one
+        read each, only when asked)."""
+        assert self._runs is not None
+        with np.errstate(invalid="ignore", over="ignore"):
+            fsums, fnans = cpu_sums.region_sums(frames, self._runs, self.n_regions, kind)
+        sums = fsums.astype(np.float64)
+        counts = self.pixel_count - fnans
+        extra: dict[str, np.ndarray] = {}
+        if self.minmax:
+            mins, maxs = cpu_sums.region_minmax(frames, self._runs, self.n_regions)
+            extra.update((s, v) for s, v in (("min", mins), ("max", maxs)) if s in self.stats)
+        if "std" in self.stats:
+            with np.errstate(invalid="ignore", over="ignore"):
+                extra["ssd"] = cpu_sums.region_ssd(frames, self._runs, _group_mean(sums, counts))
+        return sums, counts, extra
+
     def reduce(
         self, frames: np.ndarray, kind: tuple[str, int]
     ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        if self._use_fused(frames):
-            assert self._runs is not None
-            with np.errstate(invalid="ignore", over="ignore"):
-                fsums, fnans = cpu_sums.region_sums(frames, self._runs, self.n_regions, kind)
-            return fsums.astype(np.float64), self.pixel_count - fnans, {}
+        if self._use_fused():
+            return self._reduce_fused(self._native(frames), kind)
         shape = (frames.shape[0], self.n_regions)
         is_float = kind[0] == "f"
         sums = np.zeros(shape, dtype=np.float64 if is_float else np.int64)
