@@ -50,6 +50,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
+        # After a broker reconnect Celery would lower the prefetch count by the tasks still
+        # running and raise it again as their acks arrive; that machinery has left workers
+        # idle after Redis restarts (celery#8796, #9054, #10205). At full prefetch a worker
+        # reserves at most one message per pool process too many meanwhile: late acks keep
+        # those safe.
+        "worker_enable_prefetch_count_reduction": False,
         **_tls(settings.redis_url),
     }
 

@@ -149,7 +149,10 @@ def test_redis_lost_mid_job_then_resume(
         assert "state" not in job.data(), "Redis kept the job"
         res = run_producer(fault_redis.url(), "resume", job.output, env=worker_env)
         assert res.returncode == 0, res.stderr
-        data = job.wait(timeout=120)
+        try:
+            data = job.wait(timeout=120)
+        except TimeoutError as exc:  # say what the worker saw
+            raise AssertionError(f"{exc}\nworker log:\n{full_log(worker)[-6000:]}") from exc
         log = full_log(worker)
     assert data["state"] == "done", (data, log[-3000:])
     assert_identical(job.output, reference)
