@@ -42,6 +42,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # runnable as a script from a bare checkout
 
+from bench.host import cpu_model  # noqa: E402
 from producer.messages import JobSpec, Segment  # noqa: E402
 from producer.samples import detector_frames  # noqa: E402
 
@@ -271,14 +272,7 @@ def describe() -> str:
     if DEVICE != "cuda":
         return "dry run on the CPU (no GPU): the numbers mean nothing"
     props = torch.cuda.get_device_properties(0)
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next(
-                line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")
-            )
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     return (
         f"{props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}, "
         f"torch {torch.__version__}; host {cpu}, {os.cpu_count()} cores; h5py {h5py.__version__}, "

@@ -26,6 +26,7 @@ import numpy as np
 
 from . import baselines, e2e
 from .data import DATASET, FORMS, Stack, data_root, ensure_stack, file_sizes
+from .host import cpu_model
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 BEGIN, END = "<!-- bench.run:begin -->", "<!-- bench.run:end -->"
@@ -70,14 +71,7 @@ def machine() -> dict[str, str]:
     import redis
     import torch
 
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next(
-                line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")
-            )
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model(platform.processor() or "?")
     mem = "?"
     try:
         with open("/proc/meminfo", encoding="utf-8") as fh:

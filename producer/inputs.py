@@ -187,13 +187,11 @@ def check_frames_dataset(dset: h5py.Dataset, path: str) -> None:
             f"dataset {dset.name} in {path} needs a compression filter that is not available: "
             + ", ".join(missing)
         )
-    try:
-        dset[0:1]
-    except Exception as exc:  # h5py raises OSError/RuntimeError/ValueError for bad chunks
-        # A virtual dataset's sources may need a plugin filter its own layout does not name.
-        if not register_filters():
-            raise InputError(f"cannot read frame 0 of {dset.name} in {path}: {exc}") from exc
+    for last_try in (False, True):
         try:
             dset[0:1]
-        except Exception as exc2:
-            raise InputError(f"cannot read frame 0 of {dset.name} in {path}: {exc2}") from exc2
+            return
+        except Exception as exc:  # h5py raises OSError/RuntimeError/ValueError for bad chunks
+            # A virtual dataset's sources may need a plugin filter its layout does not name.
+            if last_try or not register_filters():
+                raise InputError(f"cannot read frame 0 of {dset.name} in {path}: {exc}") from exc

@@ -323,38 +323,31 @@ def build(
     ]
     in_regions = labels > 0
     removed = np.zeros(frame_shape, dtype=bool)
-    for item in exclude:
-        loaded = load(item)
-        bad = bad_pixels(loaded.array, item)
-        _check_shape(bad, frame_shape, item)
+
+    def remove(where: str, role: str) -> None:
+        """Exclude the bad pixels of mask ``where`` and record them."""
+        loaded = load(where)
+        bad = bad_pixels(loaded.array, where)
+        _check_shape(bad, frame_shape, where)
         records.append(
             loaded.record(
-                role="exclude",
+                role=role,
                 rule=BAD_PIXEL_RULE,
                 bad_pixels=int(bad.sum()),
                 removed=int((bad & in_regions).sum()),
             )
         )
-        removed |= bad
+        removed[bad] = True
+
+    for item in exclude:
+        remove(item, "exclude")
     for master, dataset in detector:
-        where = f"{master}:{dataset}"
         try:
-            loaded = load(where)
-            bad = bad_pixels(loaded.array, where)
-            _check_shape(bad, frame_shape, where)
+            remove(f"{master}:{dataset}", "detector")
         except MaskError as exc:
             raise MaskError(
                 f"detector pixel mask: {exc} (pass --no-detector-mask to skip it)"
             ) from exc
-        records.append(
-            loaded.record(
-                role="detector",
-                rule=BAD_PIXEL_RULE,
-                bad_pixels=int(bad.sum()),
-                removed=int((bad & in_regions).sum()),
-            )
-        )
-        removed |= bad
     labels[removed] = 0
     if not labels.any():
         raise MaskError(f"mask {spec} selects no pixel once bad pixels are excluded")

@@ -87,34 +87,17 @@ def data_links(f: h5py.File, path: str) -> list[DataLink]:
         if not match:
             continue
         link = group.get(name, getlink=True)
-        if isinstance(link, h5py.ExternalLink):
-            target = link.filename
-            if not os.path.isabs(target):
-                target = os.path.join(folder, target)
-            links.append(
-                DataLink(
-                    name=name,
-                    number=int(match.group(1)),
-                    file=os.path.normpath(target),
-                    dataset=link.path,
-                    external=True,
-                )
-            )
+        external = isinstance(link, h5py.ExternalLink)
+        if external:
+            file, dataset = os.path.normpath(os.path.join(folder, link.filename)), link.path
         else:
             obj = group.get(name)
             if not isinstance(obj, h5py.Dataset):
                 raise InputError(
                     f"{DATA_GROUP}/{name} in {path} is not a dataset or an external link"
                 )
-            links.append(
-                DataLink(
-                    name=name,
-                    number=int(match.group(1)),
-                    file=os.path.abspath(path),
-                    dataset=obj.name,
-                    external=False,
-                )
-            )
+            file, dataset = os.path.abspath(path), obj.name
+        links.append(DataLink(name, int(match.group(1)), file, dataset, external))
     links.sort(key=lambda link: (link.number, link.name))
     return links
 

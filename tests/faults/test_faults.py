@@ -26,6 +26,7 @@ from producer.config import Settings
 from producer.paths import chunk_path
 from tests.faults.util import (
     N_FRAMES,
+    Job,
     OutputWatch,
     assert_identical,
     emulate_death_after_take,
@@ -79,6 +80,29 @@ def listdir(folder: str) -> list[str]:
         return []
 
 
+def _kill_whole_worker_mid_job(
+    fault_redis, fault_client, submit_job, queue: str, log_dir: str, env: dict, bound: float
+) -> tuple[Job, dict[str, str], dict[int, int], float]:
+    """Kill -9 a whole worker mid-job, start another, wait for the job to end.
+
+    Returns the job, its final hash, the chunks the dead worker held, and the seconds from
+    the kill until the last of them ran again.
+    """
+    first = start_ready(fault_redis.url(), log_dir, queue, **env)
+    second = None
+    try:
+        job = submit_job()
+        lost, killed_at = kill_whole_worker(fault_client, first, job)
+        second = start_ready(fault_redis.url(), log_dir, queue, **env)
+        rerun = wait_rerun(job, lost, timeout=bound + 30)
+        data = job.wait()
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+    return job, data, lost, max(rerun.values()) - killed_at
+
+
 def test_kill_whole_worker_then_start_another(
     fault_redis, fault_client, reference, submit_job, queue, worker_env, tmp_path
 ):
@@ -91,22 +115,12 @@ def test_kill_whole_worker_then_start_another(
     bound = int(worker_env["FRAMESTATS_VISIBILITY_TIMEOUT"]) + float(
         worker_env["FRAMESTATS_RESTORE_INTERVAL"]
     )
-    first = start_ready(fault_redis.url(), str(tmp_path), queue, **worker_env)
-    second = None
-    try:
-        job = submit_job()
-        lost, killed_at = kill_whole_worker(fault_client, first, job)
-        second = start_ready(fault_redis.url(), str(tmp_path), queue, **worker_env)
-        rerun = wait_rerun(job, lost, timeout=bound + 30)
-        data = job.wait()
-    finally:
-        first.stop()
-        if second is not None:
-            second.stop()
+    job, data, lost, delay = _kill_whole_worker_mid_job(
+        fault_redis, fault_client, submit_job, queue, str(tmp_path), worker_env, bound
+    )
     assert data["state"] == "done", data
     assert_identical(job.output, reference)
     assert int(data["frames_done"]) == N_FRAMES
-    delay = max(rerun.values()) - killed_at
     print(f"lost chunks {sorted(lost)} ran again {delay:.1f} s after the kill (bound {bound} s)")
     assert delay <= bound + 2.0, f"lost chunks came back after {delay:.1f} s"
 
@@ -118,21 +132,11 @@ def test_production_redelivery_bound(
     """Fault 2 with the production settings: lost chunks run again within 45 s + 5 s."""
     env = {k: v for k, v in worker_env.items() if k not in PRODUCTION_KNOBS}
     bound = Settings.visibility_timeout + Settings.restore_interval
-    first = start_ready(fault_redis.url(), str(tmp_path), queue, **env)
-    second = None
-    try:
-        job = submit_job()
-        lost, killed_at = kill_whole_worker(fault_client, first, job)
-        second = start_ready(fault_redis.url(), str(tmp_path), queue, **env)
-        rerun = wait_rerun(job, lost, timeout=bound + 30)
-        data = job.wait()
-    finally:
-        first.stop()
-        if second is not None:
-            second.stop()
+    job, data, _lost, delay = _kill_whole_worker_mid_job(
+        fault_redis, fault_client, submit_job, queue, str(tmp_path), env, bound
+    )
     assert data["state"] == "done", data
     assert_identical(job.output, reference)
-    delay = max(rerun.values()) - killed_at
     print(f"production settings: lost chunks ran again {delay:.1f} s after the kill")
     assert delay <= bound + 2.0
 
