@@ -17,7 +17,8 @@ import click
 
 from . import __version__
 from .config import Settings
-from .errors import FramestatsError
+from .errors import BrokerUnavailable, FramestatsError
+from .resp import RedisError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,6 +33,10 @@ def handle_errors(fn: F) -> F:
         except FramestatsError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except RedisError as exc:  # Redis went away or refused a command mid-way
+            lost = BrokerUnavailable(settings().redis_url_redacted, str(exc) or type(exc).__name__)
+            click.echo(f"error: {lost}", err=True)
+            sys.exit(lost.exit_code)
         except ValueError as exc:  # configuration values from the environment
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)

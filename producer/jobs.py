@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
-
-import redis
 
 from . import constants as C
 from .errors import BrokerUnavailable
 from .messages import JobSpec, JobState
 
-#: A client made by ``connect`` (decode_responses=True). redis-py's annotations type every
-#: reply as ``bytes | str`` whatever the client, so the module types it loosely.
+#: A client made by ``connect``: ``producer.resp.Client`` or redis-py's (decode_responses=True);
+#: both reply with str. Typed loosely, as redis-py's annotations say ``bytes | str``.
 Client = Any
 
 #: Publishing the pending list in slices keeps each Redis command small.
@@ -27,8 +25,21 @@ _PUSH_BATCH = 10_000
 _EVENTS_TTL = 3600
 
 
-def connect(url: str, timeout: float = 5.0) -> Client:
-    """A client that gives up within ``timeout`` seconds instead of hanging."""
+def connect(url: str, timeout: float = 5.0, light: bool = True) -> Client:
+    """A client that gives up within ``timeout`` seconds instead of hanging.
+
+    ``light``: this package's small client (``producer.resp``, no redis-py import) when
+    it understands the URL; workers, which load redis-py anyway, pass False.
+    """
+    if light:
+        from . import resp
+
+        try:
+            return resp.Client(url, connect_timeout=timeout, timeout=max(timeout, 10.0))
+        except ValueError:
+            pass  # a URL only redis-py understands
+    import redis
+
     return redis.Redis.from_url(
         url,
         socket_connect_timeout=timeout,
@@ -38,15 +49,31 @@ def connect(url: str, timeout: float = 5.0) -> Client:
     )
 
 
+def exceptions(client: Client) -> Any:
+    """The module whose exception classes ``client`` raises: ``producer.resp`` or redis-py.
+
+    Both name them alike (ConnectionError, TimeoutError, AuthenticationError,
+    ResponseError, WatchError, RedisError).
+    """
+    from . import resp
+
+    if isinstance(client, resp.Client | resp.Pipeline):
+        return resp
+    import redis
+
+    return redis
+
+
 def ping(client: Client, url_redacted: str) -> None:
     """Raise BrokerUnavailable (naming the URL) unless Redis answers."""
+    E = exceptions(client)
     try:
         client.ping()
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        raise BrokerUnavailable(url_redacted, str(exc) or type(exc).__name__) from exc
-    except redis.AuthenticationError as exc:
+    except E.AuthenticationError as exc:
         raise BrokerUnavailable(url_redacted, "authentication failed") from exc
-    except redis.ResponseError as exc:
+    except (E.ConnectionError, E.TimeoutError, OSError) as exc:
+        raise BrokerUnavailable(url_redacted, str(exc) or type(exc).__name__) from exc
+    except E.ResponseError as exc:
         raise BrokerUnavailable(url_redacted, str(exc)) from exc
 
 
@@ -108,16 +135,24 @@ def pop_pending(client: Client, job_id: str, count: int = 1) -> list[int]:
     return [int(x) for x in got] if got else []
 
 
-_TAKE_SUCCESSOR = """
-local got = redis.call('hget', KEYS[2], ARGV[1])
-if got then
-  if string.sub(got, 1, 1) == '+' then return false end
+#: Lua: the successor a finished chunk releases, taken once (see ``take_successor``);
+#: false when it was already published.
+_SUCCESSOR_FN = """
+local function successor(pending, successors, index)
+  local got = redis.call('hget', successors, index)
+  if got then
+    if string.sub(got, 1, 1) == '+' then return false end
+    return got
+  end
+  got = redis.call('lpop', pending) or ''
+  redis.call('hset', successors, index, got)
   return got
 end
-got = redis.call('lpop', KEYS[1]) or ''
-redis.call('hset', KEYS[2], ARGV[1], got)
-return got
 """
+_TAKE_SUCCESSOR = _SUCCESSOR_FN + "return successor(KEYS[1], KEYS[2], ARGV[1])"
+
+#: More commands for the same round trip (a heartbeat, a metric); gets the pipeline.
+Also = Callable[[Any], None] | None
 
 
 def take_successor(client: Client, job_id: str, index: int) -> list[int] | None:
@@ -131,12 +166,17 @@ def take_successor(client: Client, job_id: str, index: int) -> list[int] | None:
     got = client.eval(
         _TAKE_SUCCESSOR, 2, C.job_pending_key(job_id), C.job_successors_key(job_id), str(index)
     )
+    return _successor(got)
+
+
+def _successor(got: str | None) -> list[int] | None:
     if got is None:
         return None
     return [int(got)] if got else []
 
 
 def successor_published(client: Client, job_id: str, index: int, successor: list[int]) -> None:
+    """Mark chunk ``index``'s successor as queued (``client`` may be the publishing MULTI)."""
     client.hset(C.job_successors_key(job_id), str(index), "+" + ",".join(map(str, successor)))
 
 
@@ -167,20 +207,29 @@ return {state, n}
 """
 
 
-def begin_chunk(client: Client, job_id: str, index: int) -> tuple[JobState | None, int]:
+def begin_chunk(
+    client: Client, job_id: str, index: int, also: Also = None
+) -> tuple[JobState | None, int]:
     """Count one delivery of chunk ``index`` (atomically, only for a known job).
 
     Returns the job state (None when Redis does not know the job) and the deliveries
-    so far; the first chunk to start moves the job from queued to running.
+    so far; the first chunk to start moves the job from queued to running. ``also``
+    adds commands to the same round trip.
     """
-    raw, attempts = client.eval(
+    pipe = client.pipeline(transaction=False)
+    pipe.eval(
         _BEGIN_CHUNK, 2, C.job_key(job_id), C.job_attempts_key(job_id), str(index), time.time()
     )
+    if also is not None:
+        also(pipe)
+    raw, attempts = pipe.execute()[0]
     return (JobState(raw) if raw else None), int(attempts)
 
 
-_COMMIT_CHUNK = """
-if redis.call('exists', KEYS[1]) == 0 then return -1 end
+_FINISH_CHUNK = (
+    _SUCCESSOR_FN
+    + """
+if redis.call('exists', KEYS[1]) == 0 then return {-1, false} end
 if redis.call('sadd', KEYS[2], ARGV[1]) == 1 then
   redis.call('hincrby', KEYS[1], 'frames_done', ARGV[2])
   redis.call('hincrby', KEYS[1], 'bytes_done', ARGV[3])
@@ -190,23 +239,47 @@ if redis.call('sadd', KEYS[2], ARGV[1]) == 1 then
   redis.call('hincrby', KEYS[4], 'bytes', ARGV[3])
   redis.call('hincrby', KEYS[4], 'chunks', 1)
 end
-return redis.call('scard', KEYS[2])
+local done = redis.call('scard', KEYS[2])
+local state = redis.call('hget', KEYS[1], 'state')
+if state ~= 'queued' and state ~= 'running' then return {done, false} end
+return {done, successor(KEYS[5], KEYS[6], ARGV[1])}
 """
+)
 
 
-def commit_chunk(
-    client: Client, job_id: str, index: int, frames: int, nbytes: int, worker: str
-) -> int:
-    """Record chunk ``index`` as committed; returns chunks done so far (-1: unknown job).
+def finish_chunk(
+    client: Client,
+    job_id: str,
+    index: int,
+    frames: int,
+    nbytes: int,
+    worker: str,
+    also: Also = None,
+) -> tuple[int, list[int] | None]:
+    """Record chunk ``index`` as committed and take its successor, in one script.
 
-    One script, so a kill cannot separate the done set from the counters, a duplicate
-    delivery counts nothing, and a job Redis forgot is not half re-created (resume
-    rebuilds it from the job folder).
+    Returns the chunks done so far (-1: Redis does not know the job) and the successor
+    as ``take_successor`` gives it (None as well when the job is no longer queued or
+    running). One script, so a kill cannot separate the done set from the counters, a
+    duplicate delivery counts nothing, a job Redis forgot is not half re-created
+    (resume rebuilds it from the job folder), and a delivery after a crash between
+    this and the successor's publication gets the same successor again. ``also`` adds
+    commands to the same round trip.
     """
-    keys = [C.job_key(job_id), C.job_done_key(job_id), C.job_workers_key(job_id), C.METRICS_KEY]
-    return int(
-        client.eval(_COMMIT_CHUNK, len(keys), *keys, index, frames, nbytes, worker, time.time())
-    )
+    keys = [
+        C.job_key(job_id),
+        C.job_done_key(job_id),
+        C.job_workers_key(job_id),
+        C.METRICS_KEY,
+        C.job_pending_key(job_id),
+        C.job_successors_key(job_id),
+    ]
+    pipe = client.pipeline(transaction=False)
+    pipe.eval(_FINISH_CHUNK, len(keys), *keys, index, frames, nbytes, worker, time.time())
+    if also is not None:
+        also(pipe)
+    done, got = pipe.execute()[0]
+    return int(done), _successor(got)
 
 
 def record_error(
@@ -239,6 +312,7 @@ def finish(
     (the finalizer's cleanup) passes False and calls ``notify_finished`` after it.
     """
     key = C.job_key(job_id)
+    watch_error = exceptions(client).WatchError
     with client.pipeline(transaction=True) as pipe:
         while True:
             try:
@@ -260,7 +334,7 @@ def finish(
                     _notify(pipe, job_id, new_state)
                 pipe.execute()
                 return True
-            except redis.WatchError:
+            except watch_error:
                 continue
 
 

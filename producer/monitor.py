@@ -401,15 +401,13 @@ def overview(
 # --- counters written by workers -----------------------------------------------------
 
 
-def record_chunk_latency(client: Client, seconds: float) -> None:
-    """Add one chunk's wall time to the latency histogram (one pipelined round trip)."""
+def record_chunk_latency(pipe: Any, seconds: float) -> None:
+    """Add one chunk's wall time to the latency histogram, in the caller's pipeline."""
     i = bisect.bisect_left(LATENCY_BUCKETS, seconds)
     bucket = f"{LATENCY_BUCKETS[i]:g}" if i < len(LATENCY_BUCKETS) else "+Inf"
-    pipe = client.pipeline(transaction=False)
     pipe.hincrby(C.LATENCY_KEY, bucket, 1)
     pipe.hincrbyfloat(C.LATENCY_KEY, "sum", seconds)
     pipe.hincrby(C.LATENCY_KEY, "count", 1)
-    pipe.execute()
 
 
 def latency_histogram(raw: dict[str, str]) -> tuple[list[tuple[str, float]], float, int]:

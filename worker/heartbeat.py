@@ -46,30 +46,32 @@ class Heartbeat:
         }
 
     def beat(self, **changes: Any) -> None:
+        """Write the record now (its own round trip); a broker blip is skipped."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            self.queue_beat(pipe, **changes)
+            pipe.execute()
+        except redis.RedisError:
+            pass  # a broker blip must not kill the worker; the next beat retries
+
+    def queue_beat(self, pipe: Any, **changes: Any) -> None:
+        """Add the record's write to ``pipe`` (a chunk's own round trip carries it)."""
         with self._lock:
             self.fields.update(changes)
             self.fields["last_seen"] = time.time()
             fields = dict(self.fields)
         key = C.worker_key(self.id)
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hset(key, mapping={k: str(v) for k, v in fields.items()})
-            pipe.expire(key, max(1, int(self.timeout)))
-            pipe.zadd(C.WORKERS_INDEX, {self.id: fields["last_seen"]})
-            pipe.execute()
-        except redis.RedisError:
-            pass  # a broker blip must not kill the worker; the next beat retries
+        pipe.hset(key, mapping={k: str(v) for k, v in fields.items()})
+        pipe.expire(key, max(1, int(self.timeout)))
+        pipe.zadd(C.WORKERS_INDEX, {self.id: fields["last_seen"]})
 
-    def chunk_started(self, label: str) -> None:
-        self.beat(current=label)
-
-    def chunk_finished(self, frames: int, nbytes: int, seconds: float) -> None:
+    def count_chunk(self, frames: int, nbytes: int, seconds: float) -> None:
+        """Add a finished chunk to the counters (written with the next beat)."""
         with self._lock:
             self.fields["chunks_done"] += 1
             self.fields["frames_done"] += frames
             self.fields["bytes_done"] += nbytes
             self.fields["busy_seconds"] += seconds
-        self.beat(current="")
 
     def start(self, interval: float) -> None:
         """Beat every ``interval`` seconds from a daemon thread."""

@@ -127,7 +127,8 @@ class FrameReader:
         #: Supplies the buffers blocks are read into; None (or it returning None): our own.
         self.buffers = buffers
         self._files: dict[str, h5py.File] = {}
-        self._links_checked: set[tuple[str, str]] = set()
+        #: Datasets opened (links checked once), by (path, dataset).
+        self._dsets: dict[tuple[str, str], h5py.Dataset] = {}
         self._decoders: dict[tuple[str, str], ChunkDecoder | None] = {}
         #: Raw bytes of the two read slots, taken from ``pool`` for one ``blocks`` call.
         self._buffers: list[np.ndarray | None] = [None, None]
@@ -163,6 +164,9 @@ class FrameReader:
         )
 
     def _dataset(self, seg: Segment) -> h5py.Dataset:
+        dset = self._dsets.get((seg.path, seg.dataset))
+        if dset is not None:
+            return dset
         f = self._files.get(seg.path)
         if f is None:
             real = check_allowed(seg.path, self.data_root)
@@ -172,10 +176,9 @@ class FrameReader:
                 raise TransientChunkError(f"cannot open {seg.path}: {exc}") from exc
             self._files[seg.path] = f
         try:
-            if (seg.path, seg.dataset) not in self._links_checked:
-                check_links(f, seg.dataset, self.data_root)
-                self._links_checked.add((seg.path, seg.dataset))
-            return f[seg.dataset]
+            check_links(f, seg.dataset, self.data_root)
+            dset = self._dsets[(seg.path, seg.dataset)] = f[seg.dataset]
+            return dset
         except KeyError as exc:
             raise PermanentChunkError(f"dataset {seg.dataset} missing in {seg.path}") from exc
 
@@ -322,4 +325,5 @@ class FrameReader:
             except Exception:  # closing a broken file must not mask the real error
                 pass
         self._files.clear()
+        self._dsets.clear()
         self._release()

@@ -17,11 +17,12 @@ from celery import Task
 from celery.signals import worker_process_init, worker_process_shutdown
 
 from producer import jobs, monitor, results
-from producer.broker import publish, publish_finalize
+from producer.broker import publish_finalize
 from producer.config import Settings
 from producer.constants import TASK_FINALIZE, TASK_REDUCE
 from producer.errors import FramestatsError, PermanentChunkError, TransientChunkError, UserError
 from producer.messages import ChunkTask, JobState
+from producer.wire import publish_chunks
 
 from .app import app
 from .context import JobCache, load_spec
@@ -62,7 +63,7 @@ def runtime(node: str | None = None) -> Runtime:
             import torch
 
             torch.set_num_threads(int(os.environ.get("FRAMESTATS_TORCH_THREADS", "1")))
-        client = jobs.connect(settings.redis_url)
+        client = jobs.connect(settings.redis_url, light=False)  # kombu loads redis-py anyway
         hb = Heartbeat(
             client,
             node or os.environ.get("FRAMESTATS_NODE", "worker"),
@@ -103,7 +104,12 @@ def reduce_chunk(self: Task, payload: dict[str, Any]) -> str:
         log.error("dropping malformed message: %s", exc)
         return "malformed"
     rt = runtime(self.request.hostname)
-    state, deliveries = jobs.begin_chunk(rt.client, task.job_id, task.index)
+    label = f"{task.job_id}#{task.index}"
+    state, deliveries = jobs.begin_chunk(
+        rt.client, task.job_id, task.index, also=lambda p: rt.heartbeat.queue_beat(p, current=label)
+    )
+    if state is None or state.finished or deliveries > rt.settings.max_deliveries:
+        rt.heartbeat.beat(current="")
     if state is None:
         log.warning("job %s is unknown to Redis; dropping chunk %d", task.job_id, task.index)
         return "unknown-job"
@@ -121,7 +127,6 @@ def reduce_chunk(self: Task, payload: dict[str, Any]) -> str:
         ctx = rt.cache.get(task)
         frames = task.stop - task.start
         if not results.is_committed(ctx.spec.workdir, task.index):
-            rt.heartbeat.chunk_started(f"{task.job_id}#{task.index}")
             values = ctx.compute(task.start, task.stop)
             meta = {"worker": rt.heartbeat.id, "device": rt.heartbeat.device}
             results.write_chunk(
@@ -148,20 +153,26 @@ def reduce_chunk(self: Task, payload: dict[str, Any]) -> str:
         return "failed"
     seconds = time.perf_counter() - began
     spec = ctx.spec
-    done = jobs.commit_chunk(
-        rt.client, task.job_id, task.index, frames, frames * spec.frame_bytes, rt.heartbeat.id
+    nbytes = frames * spec.frame_bytes
+    rt.heartbeat.count_chunk(frames, nbytes, seconds)
+
+    def also(pipe: Any) -> None:  # the heartbeat and the latency metric ride along
+        rt.heartbeat.queue_beat(pipe, current="")
+        monitor.record_chunk_latency(pipe, seconds)
+
+    # Commit, and top the window up: one finished chunk releases one pending chunk, once;
+    # a delivery after a crash between taking and publishing it publishes the same one
+    # (an empty take needs no mark: a redelivery takes nothing again).
+    done, successor = jobs.finish_chunk(
+        rt.client, task.job_id, task.index, frames, nbytes, rt.heartbeat.id, also=also
     )
-    rt.heartbeat.chunk_finished(frames, frames * spec.frame_bytes, seconds)
-    monitor.record_chunk_latency(rt.client, seconds)
     if done < 0:  # Redis forgot the job meanwhile: the commit file stays for resume
         return "unknown-job"
-    # Top the window up: one finished chunk releases one pending chunk, once; a delivery
-    # after a crash between taking and publishing it publishes the same one again.
-    if jobs.state(rt.client, task.job_id) in (JobState.QUEUED, JobState.RUNNING):
-        successor = jobs.take_successor(rt.client, task.job_id, task.index)
-        if successor is not None:
-            publish(self.app, spec, successor)
-            jobs.successor_published(rt.client, task.job_id, task.index, successor)
+    if successor:
+        pipe = rt.client.pipeline(transaction=True)  # queued and marked so, or neither
+        publish_chunks(pipe, spec, successor)
+        jobs.successor_published(pipe, task.job_id, task.index, successor)
+        pipe.execute()
     if done >= spec.n_chunks:
         publish_finalize(self.app, spec)
     return "done"
