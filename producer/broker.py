@@ -20,7 +20,7 @@ from .messages import JobSpec
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    """Celery settings: JSON only, late acks, one message per process, fast redelivery."""
+    """Celery settings: JSON only, late acks, a next message in hand, fast redelivery."""
     return {
         "broker_url": settings.redis_url,
         "broker_connection_retry_on_startup": True,
@@ -43,7 +43,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend": None,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "worker_prefetch_multiplier": 1,
+        "worker_prefetch_multiplier": settings.prefetch_multiplier,
         "task_default_queue": DEFAULT_QUEUE,
         "task_create_missing_queues": True,
         "worker_send_task_events": True,
@@ -53,8 +53,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # After a broker reconnect Celery would lower the prefetch count by the tasks still
         # running and raise it again as their acks arrive; that machinery has left workers
         # idle after Redis restarts (celery#8796, #9054, #10205). At full prefetch a worker
-        # reserves at most one message per pool process too many meanwhile: late acks keep
-        # those safe.
+        # reserves at most one message per pool process too many meanwhile (the running
+        # task's own slot): late acks keep those safe.
         "worker_enable_prefetch_count_reduction": False,
         **_tls(settings.redis_url),
     }

@@ -46,7 +46,8 @@ class Settings:
     folders workers may read and write), ``FRAMESTATS_WINDOW``, ``FRAMESTATS_TASK_MIB``,
     ``FRAMESTATS_VISIBILITY_TIMEOUT``, ``FRAMESTATS_MAX_DELIVERIES``,
     ``FRAMESTATS_MAX_RETRIES``, ``FRAMESTATS_RETRY_BACKOFF``, ``FRAMESTATS_HEARTBEAT``,
-    ``FRAMESTATS_WORKER_TIMEOUT``, ``FRAMESTATS_FINALIZE_LOCK_TTL``, ``FRAMESTATS_DEVICE``.
+    ``FRAMESTATS_WORKER_TIMEOUT``, ``FRAMESTATS_FINALIZE_LOCK_TTL``, ``FRAMESTATS_DEVICE``,
+    ``FRAMESTATS_PREFETCH_MULTIPLIER``.
     """
 
     #: Broker and job-state store; may carry a password (redis://:pw@host/0, rediss://).
@@ -75,6 +76,16 @@ class Settings:
     finalize_lock_ttl: int = 120
     #: Device for the kernel: auto, cpu, cuda, cuda:N.
     device: str = "auto"
+    #: Messages a worker node reserves per pool process (Celery's prefetch multiplier).
+    #: 2: the next chunk is already in hand when a process finishes one (its hand-over
+    #: 5 -> 2.5 ms); 1: a node never holds a chunk another node could start sooner.
+    prefetch_multiplier: int = 2
+
+    def __post_init__(self) -> None:
+        if self.prefetch_multiplier < 1:  # Celery reads 0 as "no limit"
+            raise ValueError(
+                f"FRAMESTATS_PREFETCH_MULTIPLIER must be at least 1, got {self.prefetch_multiplier}"
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -95,6 +106,9 @@ class Settings:
             worker_timeout=_float(env, "FRAMESTATS_WORKER_TIMEOUT", cls.worker_timeout),
             finalize_lock_ttl=_int(env, "FRAMESTATS_FINALIZE_LOCK_TTL", cls.finalize_lock_ttl),
             device=env.get("FRAMESTATS_DEVICE") or cls.device,
+            prefetch_multiplier=_int(
+                env, "FRAMESTATS_PREFETCH_MULTIPLIER", cls.prefetch_multiplier
+            ),
         )
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

@@ -69,3 +69,13 @@ def test_check_safe_refuses_anything_but_json(key, value):
 
 def test_default_configuration_is_json_only():
     check_safe(make_app(Settings.from_env({})))
+
+
+def test_prefetch_multiplier_reaches_celery_and_zero_is_refused():
+    """Each pool process holds its next message (2 by default); Celery reads 0 as
+    "reserve without limit", so 0 is refused, naming the variable."""
+    assert make_app(Settings.from_env({})).conf.worker_prefetch_multiplier == 2
+    one = Settings.from_env({"FRAMESTATS_PREFETCH_MULTIPLIER": "1"})
+    assert make_app(one).conf.worker_prefetch_multiplier == 1
+    with pytest.raises(ValueError, match="FRAMESTATS_PREFETCH_MULTIPLIER must be at least 1"):
+        Settings.from_env({"FRAMESTATS_PREFETCH_MULTIPLIER": "0"})
