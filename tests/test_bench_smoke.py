@@ -49,3 +49,17 @@ def test_gpu_bench_dry_run_on_cpu(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-4000:]
     assert "kernel on device" in run.stdout and "CPU worker" in run.stdout
+
+
+@pytest.mark.timeout(300)
+def test_overhead_bench_runs_a_job_of_one_frame_chunks(redis_url):
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.overhead", "--chunks", "30", "--reps", "1"],
+        cwd=ROOT,
+        env={**os.environ, "REDIS_URL": redis_url},
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert "median of 1:" in run.stdout and "30 one-frame chunks" in run.stdout
