@@ -28,18 +28,52 @@ def render(data: dict[str, Any], rate: float, width: int = 30) -> str:
     return f"[{bar}] {frac:6.1%} {done}/{total} frames, {chunks}, {rate:,.0f} frames/s, ETA {eta} ({data.get('state')})"
 
 
+#: Seconds ``follow`` keeps trying while Redis does not answer: a restart of a Redis that
+#: keeps its data (the compose file's, with its append-only file) does not end the watch.
+PATIENCE = 120.0
+
+
 def follow(
-    client: Any, job_id: str, interval: float = 0.25, out: TextIO = sys.stderr
+    client: Any,
+    job_id: str,
+    interval: float = 0.25,
+    out: TextIO = sys.stderr,
+    patience: float = PATIENCE,
 ) -> dict[str, str]:
-    """Poll the job until it finishes; returns its final hash."""
+    """Poll the job until it finishes; returns its final hash.
+
+    While Redis does not answer, retries with backoff (one line says so), and raises
+    the client's error once it has not answered for ``patience`` seconds.
+    """
+    lost = jobs.exceptions(client)
+    unreachable = (lost.ConnectionError, lost.TimeoutError)
     tty = out.isatty()
     samples: list[tuple[float, int]] = []
     last_print = 0.0
+    down_since: float | None = None
+    tries = 0
     while True:
-        data = jobs.get(client, job_id)
+        try:
+            data = jobs.get(client, job_id)
+            if data is not None:
+                data["chunks_done"] = str(jobs.chunks_done(client, job_id))
+        except unreachable as exc:
+            now = time.monotonic()
+            if down_since is None:
+                down_since = now
+                line = f"Redis does not answer ({exc}); retrying for {patience:.0f} s\n"
+                out.write(("\n" if tty else "") + line)
+                out.flush()
+            if now - down_since >= patience:
+                raise
+            tries += 1
+            time.sleep(min(5.0, 0.25 * 2**tries, max(0.0, down_since + patience - now)))
+            continue
+        if down_since is not None:
+            out.write(f"Redis answers again after {time.monotonic() - down_since:.1f} s\n")
+            down_since, tries = None, 0
         if data is None:
             raise RuntimeError(f"job {job_id} disappeared from Redis (try 'producer resume')")
-        data["chunks_done"] = str(jobs.chunks_done(client, job_id))
         now = time.monotonic()
         samples.append((now, int(data.get("frames_done", 0))))
         samples = [s for s in samples if now - s[0] <= 5.0] or samples[-1:]
@@ -59,4 +93,7 @@ def follow(
             if tty:
                 out.write("\n")
             return data
-        jobs.wait_finished(client, job_id, interval)
+        try:
+            jobs.wait_finished(client, job_id, interval)
+        except unreachable:
+            pass  # the next poll notices, and retries

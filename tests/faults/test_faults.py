@@ -8,26 +8,33 @@ bit for bit with the reference.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 
+import h5py
 import numpy as np
 import pytest
+import redis
 
 from producer import constants as C
+from producer import jobs
 from producer.config import Settings
+from producer.messages import JobState
 from producer.paths import chunk_path
 from tests.faults.util import (
     N_FRAMES,
     Job,
     OutputWatch,
+    PrivateRedis,
     assert_identical,
     emulate_death_after_take,
     find_mid_chunk,
@@ -161,6 +168,53 @@ def test_redis_lost_mid_job_then_resume(
     assert data["state"] == "done", (data, log[-3000:])
     assert_identical(job.output, reference)
     assert int(data["frames_done"]) == N_FRAMES, data
+
+
+def test_watch_rides_out_a_redis_restart(tmp_path):
+    """A Redis that keeps its data (as the compose file's does) restarts while ``producer
+    watch`` follows a job: the watch says Redis does not answer, keeps trying, and ends
+    with the job (exit 0) instead of failing on the first refused connection."""
+    server = PrivateRedis(str(tmp_path / "redis"))
+    server.start()
+    data, mask = str(tmp_path / "data.h5"), str(tmp_path / "mask.npy")
+    with h5py.File(data, "w") as f:
+        f.create_dataset("/entry/data/data", data=np.ones((8, 16, 16), np.uint16))
+    np.save(mask, np.ones((16, 16), bool))
+    env = {"DATA_ROOT": str(tmp_path)}
+    client = server.client()
+    watch: subprocess.Popen[bytes] | None = None
+    log = tmp_path / "watch.log"
+    try:
+        res = run_producer(
+            server.url(), "submit", data, "--mask", mask, "--queue", "q-idle", env=env
+        )
+        assert res.returncode == 0, res.stderr
+        job_id = res.stdout.split()[0]
+        with open(log, "wb") as fh:  # no worker: the job stays queued until finished by hand
+            watch = subprocess.Popen(
+                [sys.executable, "-m", "producer", "watch", job_id],
+                env={**os.environ, "REDIS_URL": server.url(), **env},
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+            )
+        wait_until(lambda: "frames" in log.read_text(), 30, "the watch's first progress line")
+        with contextlib.suppress(redis.RedisError):
+            client.shutdown(save=True)  # saved, as an append-only Redis keeps its data
+        assert server.proc is not None
+        server.proc.wait(10)
+        wait_until(lambda: "Redis does not answer" in log.read_text(), 30, "the watch noticing")
+        time.sleep(1.5)
+        server.start()
+        assert client.hget(C.job_key(job_id), "state") == "queued"
+        jobs.finish(client, job_id, JobState.DONE)
+        assert watch.wait(30) == 0, log.read_text()
+    finally:
+        if watch is not None and watch.poll() is None:
+            watch.kill()
+        client.close()
+        server.stop()
+    text = log.read_text()
+    assert "Redis answers again after" in text and "done:" in text, text
 
 
 def test_duplicate_messages_are_not_counted_twice(
