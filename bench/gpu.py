@@ -181,8 +181,9 @@ def kernel_and_copies(mask: np.ndarray, size: int, frames: int, reps: int) -> di
     # reducer's host buffer (pinned; two alternate) and reduce() sends it without a
     # host copy. Timed: the same number of bytes as the rows above, block by block.
     block = max(1, min(frames // 2, (32 << 20) // (size * size * 2)))
-    bufs = [reducer.host_buffer(block, np.uint16) for _ in range(2)]
-    if bufs[0] is not None and bufs[1] is not None:
+    given = [reducer.host_buffer(block, np.uint16) for _ in range(2)]
+    bufs = [b for b in given if b is not None]
+    if len(bufs) == 2:
         for i, buf in enumerate(bufs):
             np.copyto(buf, host[i * block : (i + 1) * block])
             want = reducer.reduce(host[i * block : (i + 1) * block])["sum"]

@@ -50,7 +50,7 @@ def detector_frames(n: int, dtype: np.dtype, size: int = SIZE) -> np.ndarray:
     yy, xx = np.mgrid[:size, :size]
     lam = 0.5 + 8.0 * np.exp(-np.hypot(yy - size / 2, xx - size / 2) / (size / 4))
     distinct = min(n, 64)
-    base = rng.poisson(lam, (distinct, size, size))
+    base: np.ndarray = rng.poisson(lam, (distinct, size, size))
     if np.dtype(dtype).kind == "f":  # gain-corrected counts with read noise
         gain = rng.normal(1.0, 0.02, (size, size))
         base = base * gain + rng.normal(0.0, 0.1, base.shape)
