@@ -158,3 +158,8 @@ def test_two_processes_give_identical_output(
     # Both pool processes of the two-process worker computed chunks of the first job.
     share = redis_client.hgetall(C.job_workers_key(job_ids[0]))
     assert len(share) == 2 and sum(int(v) for v in share.values()) == 64
+    # Their heartbeats (written with each chunk's commit) count those frames, and name no
+    # chunk as current once the job is done.
+    for worker_id, frames_share in share.items():
+        beat = redis_client.hgetall(C.worker_key(worker_id))
+        assert beat["current"] == "" and int(beat["frames_done"]) >= int(frames_share), beat

@@ -94,6 +94,7 @@ def fail_job(rt: Runtime, task: ChunkTask, reason: str) -> None:
     jobs.record_error(rt.client, task.job_id, task.index, (task.start, task.stop), reason)
     jobs.finish(rt.client, task.job_id, JobState.FAILED, text)
     rt.cache.drop(task.job_id)
+    rt.heartbeat.beat(current="")
 
 
 @app.task(name=TASK_REDUCE, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
@@ -108,7 +109,7 @@ def reduce_chunk(self: Task, payload: dict[str, Any]) -> str:
     state, deliveries = jobs.begin_chunk(
         rt.client, task.job_id, task.index, also=lambda p: rt.heartbeat.queue_beat(p, current=label)
     )
-    if state is None or state.finished or deliveries > rt.settings.max_deliveries:
+    if state is None or state.finished:  # nothing to run (fail_job clears it otherwise)
         rt.heartbeat.beat(current="")
     if state is None:
         log.warning("job %s is unknown to Redis; dropping chunk %d", task.job_id, task.index)
@@ -141,6 +142,7 @@ def reduce_chunk(self: Task, payload: dict[str, Any]) -> str:
         jobs.record_error(rt.client, task.job_id, task.index, (task.start, task.stop), str(exc))
         rt.cache.drop(task.job_id)  # reopen files on the next try
         if retries < rt.settings.max_retries:
+            rt.heartbeat.beat(current="")
             raise self.retry(exc=exc, countdown=rt.settings.retry_backoff * 2**retries) from exc
         fail_job(rt, task, f"{exc} (after {retries + 1} tries)")
         return "failed"
