@@ -203,26 +203,35 @@ if state == 'queued' then
   redis.call('hsetnx', KEYS[1], 'started', ARGV[2])
   state = 'running'
 end
+if #KEYS > 2 and state == 'running' and n <= tonumber(ARGV[3])
+    and redis.call('exists', KEYS[3]) == 1 then
+  redis.call('hset', KEYS[3], 'current', ARGV[4])
+end
 return {state, n}
 """
 
 
 def begin_chunk(
-    client: Client, job_id: str, index: int, also: Also = None
+    client: Client,
+    job_id: str,
+    index: int,
+    runner: tuple[str, str] | None = None,
+    max_deliveries: int = 0,
 ) -> tuple[JobState | None, int]:
     """Count one delivery of chunk ``index`` (atomically, only for a known job).
 
     Returns the job state (None when Redis does not know the job) and the deliveries
-    so far; the first chunk to start moves the job from queued to running. ``also``
-    adds commands to the same round trip.
+    so far; the first chunk to start moves the job from queued to running. ``runner``
+    (the worker's heartbeat key, its label for the chunk) gets the label as its current
+    chunk in the same script, only when the chunk will run: the job is running and this
+    is delivery ``max_deliveries`` or earlier.
     """
-    pipe = client.pipeline(transaction=False)
-    pipe.eval(
-        _BEGIN_CHUNK, 2, C.job_key(job_id), C.job_attempts_key(job_id), str(index), time.time()
-    )
-    if also is not None:
-        also(pipe)
-    raw, attempts = pipe.execute()[0]
+    keys = [C.job_key(job_id), C.job_attempts_key(job_id)]
+    args: list[Any] = [str(index), time.time()]
+    if runner is not None:
+        keys.append(runner[0])
+        args += [max_deliveries, runner[1]]
+    raw, attempts = client.eval(_BEGIN_CHUNK, len(keys), *keys, *args)
     return (JobState(raw) if raw else None), int(attempts)
 
 

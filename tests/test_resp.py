@@ -9,6 +9,7 @@ than the socket timeout, the URL forms, and falling back to redis-py for the res
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -221,3 +222,31 @@ def test_producer_does_not_import_redis_py(redis_url: str) -> None:
     imported = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines()]
     assert "producer.resp" in imported
     assert not [m for m in imported if m == "redis" or m.startswith("redis.")]
+
+
+def test_unix_socket_and_password(tmp_path: Any) -> None:
+    """``unix://`` URLs with a password and a database, against a private redis-server."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed")
+    sock, password = str(tmp_path / "redis.sock"), "pw-" + uuid.uuid4().hex[:12]
+    argv = [exe, "--port", "0", "--unixsocket", sock, "--requirepass", password]
+    argv += ["--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
+    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(sock) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client = jobs.connect(f"unix://:{password}@{sock}?db=3")
+        assert isinstance(client, resp.Client)
+        assert client.hset("k", "a", "1") == 1
+        assert redis.Redis(unix_socket_path=sock, password=password, db=3).hget("k", "a") == b"1"
+        from producer.errors import BrokerUnavailable
+
+        wrong = f"unix://:nope@{sock}"
+        with pytest.raises(BrokerUnavailable, match="authentication failed"):
+            jobs.ping(jobs.connect(wrong), wrong)
+        client.close()
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -65,6 +65,11 @@ class Heartbeat:
         pipe.expire(key, max(1, int(self.timeout)))
         pipe.zadd(C.WORKERS_INDEX, {self.id: fields["last_seen"]})
 
+    def note(self, **changes: Any) -> None:
+        """Change the record here only (Redis already has it; the next beat writes it)."""
+        with self._lock:
+            self.fields.update(changes)
+
     def count_chunk(self, frames: int, nbytes: int, seconds: float) -> None:
         """Add a finished chunk to the counters (written with the next beat)."""
         with self._lock:

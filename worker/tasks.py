@@ -16,6 +16,7 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_process_init, worker_process_shutdown
 
+from producer import constants as C
 from producer import jobs, monitor, results
 from producer.broker import publish_finalize
 from producer.config import Settings
@@ -106,11 +107,10 @@ def reduce_chunk(self: Task, payload: dict[str, Any]) -> str:
         return "malformed"
     rt = runtime(self.request.hostname)
     label = f"{task.job_id}#{task.index}"
+    runner = (C.worker_key(rt.heartbeat.id), label)  # names the chunk it will run
     state, deliveries = jobs.begin_chunk(
-        rt.client, task.job_id, task.index, also=lambda p: rt.heartbeat.queue_beat(p, current=label)
+        rt.client, task.job_id, task.index, runner, rt.settings.max_deliveries
     )
-    if state is None or state.finished:  # nothing to run (fail_job clears it otherwise)
-        rt.heartbeat.beat(current="")
     if state is None:
         log.warning("job %s is unknown to Redis; dropping chunk %d", task.job_id, task.index)
         return "unknown-job"
@@ -123,6 +123,7 @@ def reduce_chunk(self: Task, payload: dict[str, Any]) -> str:
             f"delivered {deliveries - 1} times without finishing (it may crash its worker)",
         )
         return "failed"
+    rt.heartbeat.note(current=label)  # as the script wrote it: later beats keep it
     began = time.perf_counter()
     try:
         ctx = rt.cache.get(task)
