@@ -378,10 +378,6 @@ class Client(Commands):
         self._idle: list[Connection] = []
         self._lock = threading.Lock()
 
-    @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> Client:
-        return cls(url, **kwargs)
-
     def _take(self) -> tuple[Connection, bool]:
         """A connection and whether it was idle in the pool (then it may be stale)."""
         with self._lock:
