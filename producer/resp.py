@@ -254,6 +254,13 @@ def _tuple_or_none(reply: Any) -> tuple[Any, ...] | None:
 Parse = Callable[[Any], Any] | None
 
 
+def _result(reply: Any, parse: Parse) -> Any:
+    """A command's value: its error raised, or its reply converted by ``parse``."""
+    if isinstance(reply, RedisError):
+        raise reply
+    return parse(reply) if parse is not None else reply
+
+
 class Commands:
     """The commands the producer uses, with redis-py's signatures."""
 
@@ -378,55 +385,58 @@ class Client(Commands):
         self._idle: list[Connection] = []
         self._lock = threading.Lock()
 
+    def _connect(self) -> Connection:
+        return Connection(self.params, self.connect_timeout, self.timeout)
+
     def _take(self) -> tuple[Connection, bool]:
         """A connection and whether it was idle in the pool (then it may be stale)."""
         with self._lock:
             if self._idle:
                 return self._idle.pop(), True
-        return Connection(self.params, self.connect_timeout, self.timeout), False
+        return self._connect(), False
 
     def _give(self, conn: Connection) -> None:
         with self._lock:
             self._idle.append(conn)
 
-    def run(self, commands: list[tuple[Any, ...]], timeout: float | None = None) -> list[Any]:
-        """Replies to ``commands`` sent in one round trip (errors as values, not raised).
+    def _exchange(
+        self, commands: list[tuple[Any, ...]], timeout: float | None = None
+    ) -> tuple[Connection, list[Any]]:
+        """Replies to ``commands`` sent in one round trip, and the open connection used.
 
         A pooled connection that fails is dropped and the commands are sent once more on
         a fresh one: after a Redis restart every idle connection is dead.
         """
         conn, pooled = self._take()
         try:
-            replies = conn.call(commands, timeout)
+            return conn, conn.call(commands, timeout)
         except ConnectionError:
             conn.close()
             if not pooled:
                 raise
-            conn = Connection(self.params, self.connect_timeout, self.timeout)
-            try:
-                replies = conn.call(commands, timeout)
-            except RedisError:
-                conn.close()
-                raise
         except RedisError:
             conn.close()
             raise
+        conn = self._connect()
+        try:
+            return conn, conn.call(commands, timeout)
+        except RedisError:
+            conn.close()
+            raise
+
+    def run(self, commands: list[tuple[Any, ...]], timeout: float | None = None) -> list[Any]:
+        """Replies to ``commands`` sent in one round trip (errors as values, not raised)."""
+        conn, replies = self._exchange(commands, timeout)
         self._give(conn)
         return replies
 
     def _call(self, args: tuple[Any, ...], parse: Parse = None) -> Any:
-        reply = self.run([args])[0]
-        if isinstance(reply, RedisError):
-            raise reply
-        return parse(reply) if parse is not None else reply
+        return _result(self.run([args])[0], parse)
 
     def blpop(self, keys: Any, timeout: float = 0) -> Any:
         names = [keys] if isinstance(keys, str) else list(keys)
         wait = None if not timeout else timeout + self.timeout  # the socket outwaits Redis
-        reply = self.run([("BLPOP", *names, timeout)], timeout=wait)[0]
-        if isinstance(reply, RedisError):
-            raise reply
-        return _tuple_or_none(reply)
+        return _result(self.run([("BLPOP", *names, timeout)], timeout=wait)[0], _tuple_or_none)
 
     def pipeline(self, transaction: bool = True) -> Pipeline:
         return Pipeline(self, transaction)
@@ -459,11 +469,7 @@ class Pipeline(Commands):
 
     def _call(self, args: tuple[Any, ...], parse: Parse = None) -> Any:
         if self._immediate:
-            assert self._conn is not None
-            reply = self._send([args])[0]
-            if isinstance(reply, RedisError):
-                raise reply
-            return parse(reply) if parse is not None else reply
+            return _result(self._send([args])[0], parse)
         self._queued.append((args, parse))
         return self
 
@@ -478,22 +484,12 @@ class Pipeline(Commands):
             raise
 
     def watch(self, *names: str) -> None:
-        pooled = False
         if self._conn is None:
-            self._conn, pooled = self.client._take()
+            self._conn, replies = self.client._exchange([("WATCH", *names)])
+        else:
+            replies = self._send([("WATCH", *names)])
         self._watching = self._immediate = True
-        try:
-            reply = self._send([("WATCH", *names)])[0]
-        except ConnectionError:
-            if not pooled:
-                raise
-            self._conn = Connection(
-                self.client.params, self.client.connect_timeout, self.client.timeout
-            )
-            self._watching = self._immediate = True
-            reply = self._send([("WATCH", *names)])[0]
-        if isinstance(reply, RedisError):
-            raise reply
+        _result(replies[0], None)
 
     def unwatch(self) -> None:
         if self._conn is not None and self._watching:
@@ -525,15 +521,10 @@ class Pipeline(Commands):
                 raise WatchError("watched variable changed")
             if isinstance(replies, RedisError):
                 raise replies
-        out = []
-        for (_, parse), reply in zip(queued, replies, strict=True):
-            if isinstance(reply, RedisError):
-                if raise_on_error:
-                    raise reply
-                out.append(reply)
-            else:
-                out.append(parse(reply) if parse is not None else reply)
-        return out
+        return [
+            reply if isinstance(reply, RedisError) and not raise_on_error else _result(reply, parse)
+            for (_, parse), reply in zip(queued, replies, strict=True)
+        ]
 
     def reset(self) -> None:
         self._queued = []

@@ -14,20 +14,26 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def run_bench(module: str, *args: str, redis_url: str | None = None, timeout: float = 280):
+    """``python -m MODULE ARGS`` from the checkout (with REDIS_URL when given)."""
+    env = {**os.environ, **({"REDIS_URL": redis_url} if redis_url else {})}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 @pytest.mark.timeout(600)
 def test_bench_runs_every_method_and_reports_ratios(tmp_path, redis_url):
     out = tmp_path / "result.json"
     args = ["--frames", "48", "--size", "64", "--reps", "1", "--workers", "2"]
     args += ["--plan-chunks", "300", "--plan-reps", "1", "--data", str(tmp_path)]
     args += ["--json", str(out), "--no-write"]
-    run = subprocess.run(
-        [sys.executable, "-m", "bench", *args],
-        cwd=ROOT,
-        env={**os.environ, "REDIS_URL": redis_url},
-        capture_output=True,
-        text=True,
-        timeout=580,
-    )
+    run = run_bench("bench", *args, redis_url=redis_url, timeout=580)
     assert run.returncode == 0, run.stderr[-4000:]
     result = json.loads(out.read_text())
     assert set(result["forms"]) == {"none", "gzip", "bslz4"}
@@ -40,26 +46,13 @@ def test_bench_runs_every_method_and_reports_ratios(tmp_path, redis_url):
 
 @pytest.mark.timeout(300)
 def test_gpu_bench_dry_run_on_cpu(tmp_path):
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.gpu", "--dry-run", "--folder", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
+    run = run_bench("bench.gpu", "--dry-run", "--folder", str(tmp_path))
     assert run.returncode == 0, run.stderr[-4000:]
     assert "kernel on device" in run.stdout and "CPU worker" in run.stdout
 
 
 @pytest.mark.timeout(300)
 def test_overhead_bench_runs_a_job_of_one_frame_chunks(redis_url):
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.overhead", "--chunks", "30", "--reps", "1"],
-        cwd=ROOT,
-        env={**os.environ, "REDIS_URL": redis_url},
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
+    run = run_bench("bench.overhead", "--chunks", "30", "--reps", "1", redis_url=redis_url)
     assert run.returncode == 0, run.stderr[-4000:]
     assert "median of 1:" in run.stdout and "30 one-frame chunks" in run.stdout
