@@ -14,7 +14,7 @@ from typing import Any
 from celery import Celery
 
 from .config import Settings
-from .constants import DEFAULT_QUEUE, TASK_FINALIZE, TASK_REDUCE
+from .constants import DEFAULT_QUEUE, TASK_REDUCE
 from .errors import ConfigError
 from .messages import JobSpec
 
@@ -73,6 +73,9 @@ def _tls(url: str) -> dict[str, Any]:
 
 
 def make_app(settings: Settings, include: Iterable[str] = ()) -> Celery:
+    from . import transport
+
+    transport.use()  # kombu's Redis transport with a fix for losing the broker
     app = Celery("framestats", include=list(include))
     app.conf.update(celery_config(settings))
     return app
@@ -124,11 +127,3 @@ def publish(app: Celery, spec: JobSpec, indices: Iterable[int]) -> int:
             )
             sent += 1
     return sent
-
-
-def publish_finalize(app: Celery, spec: JobSpec) -> None:
-    app.send_task(
-        TASK_FINALIZE,
-        args=[{"job_id": spec.job_id, "manifest": spec.manifest_path}],
-        queue=spec.queue,
-    )

@@ -25,6 +25,10 @@ TASK_FINALIZE = "framestats.finalize_job"
 KEY_PREFIX = "fs:"
 #: Sorted set of job ids scored by submit time.
 JOBS_INDEX = KEY_PREFIX + "jobs"
+#: Set of the ids of jobs not yet finished (what the workers' lost-message sweep looks at).
+ACTIVE_JOBS = KEY_PREFIX + "jobs:active"
+#: Held (SET NX PX) by the worker process that runs this round of the lost-message sweep.
+SWEEP_LOCK = KEY_PREFIX + "sweep"
 #: Sorted set of worker ids scored by last heartbeat time.
 WORKERS_INDEX = KEY_PREFIX + "workers"
 #: Hash of totals over all jobs (frames, bytes, chunks committed; chunk errors), for metrics.
@@ -85,6 +89,11 @@ def job_successors_key(job_id: str) -> str:
     return f"{KEY_PREFIX}job:{job_id}:successors"
 
 
+def job_missing_key(job_id: str) -> str:
+    """Hash chunk index (or "finalize") -> when the sweep first found no message for it."""
+    return f"{KEY_PREFIX}job:{job_id}:missing"
+
+
 def job_keys(job_id: str) -> list[str]:
     """Every key that belongs to one job."""
     return [
@@ -97,6 +106,7 @@ def job_keys(job_id: str) -> list[str]:
         job_finalize_lock_key(job_id),
         job_events_key(job_id),
         job_successors_key(job_id),
+        job_missing_key(job_id),
     ]
 
 

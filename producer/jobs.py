@@ -115,6 +115,7 @@ def create(client: Client, spec: JobSpec, pending: Iterable[int], done: Iterable
     pipe.delete(*C.job_keys(spec.job_id))
     pipe.hset(C.job_key(spec.job_id), mapping=fields)
     pipe.zadd(C.JOBS_INDEX, {spec.job_id: spec.created})
+    pipe.sadd(C.ACTIVE_JOBS, spec.job_id)
     for i in range(0, len(done), _PUSH_BATCH):
         pipe.sadd(C.job_done_key(spec.job_id), *done[i : i + _PUSH_BATCH])
     pipe.execute()
@@ -341,6 +342,7 @@ def finish(
                     pipe.delete(C.job_pending_key(job_id))
                 if notify:
                     _notify(pipe, job_id, new_state)
+                pipe.srem(C.ACTIVE_JOBS, job_id)
                 pipe.execute()
                 return True
             except watch_error:
@@ -387,6 +389,7 @@ def delete(client: Client, job_id: str) -> None:
     pipe = client.pipeline(transaction=True)
     pipe.delete(*C.job_keys(job_id))
     pipe.zrem(C.JOBS_INDEX, job_id)
+    pipe.srem(C.ACTIVE_JOBS, job_id)
     pipe.execute()
 
 

@@ -93,6 +93,7 @@ def summarize_job(data: dict[str, str], chunks_done: int, now: float) -> dict[st
         "chunks_total": _i(data.get("n_chunks")),
         "chunks_done": int(chunks_done),
         "chunks_failed": _i(data.get("chunks_failed")),
+        "chunks_requeued": _i(data.get("requeued")),
         "frames_total": frames_total,
         "frames_done": frames_done,
         "bytes_done": _i(data.get("bytes_done")),
@@ -246,7 +247,8 @@ def offline_detail(manifest: str) -> dict[str, Any]:
 # --- queues --------------------------------------------------------------------------
 
 
-def _queue_keys(queue: str) -> list[str]:
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists holding a queue's messages, one per priority step."""
     return [queue if p == 0 else f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS]
 
 
@@ -273,7 +275,7 @@ def queue_depths(
     names = sorted(set(queues) | set(reserved))
     pipe = client.pipeline(transaction=False)
     for q in names:
-        for key in _queue_keys(q):
+        for key in queue_keys(q):
             pipe.llen(key)
     lens = pipe.execute()
     n = len(PRIORITY_STEPS)
@@ -487,7 +489,12 @@ def render_job(d: dict[str, Any]) -> list[str]:
         (
             "progress",
             f"{d['chunks_done']}/{d['chunks_total']} chunks, {d['frames_done']}/"
-            f"{d['frames_total']} frames ({frac:.1%}), {d['chunks_failed']} failed",
+            f"{d['frames_total']} frames ({frac:.1%}), {d['chunks_failed']} failed"
+            + (
+                f", {d['chunks_requeued']} queued again (lost with a worker)"
+                if d.get("chunks_requeued")
+                else ""
+            ),
         ),
     ]
     if "frames_per_s" in d:

@@ -331,6 +331,9 @@ class Commands:
     def scard(self, name: str) -> Any:
         return self._call(("SCARD", name))
 
+    def srem(self, name: str, *values: Any) -> Any:
+        return self._call(("SREM", name, *values))
+
     def zadd(self, name: str, mapping: Mapping[str, float]) -> Any:
         items: list[Any] = []
         for member, score in mapping.items():

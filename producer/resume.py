@@ -42,9 +42,9 @@ def resume(target: str, settings: Settings) -> tuple[JobSpec, int]:
     missing = [i for i in range(spec.n_chunks) if i not in done]
     enqueue(spec, settings, client, missing, sorted(done))
     if not missing:
-        from .broker import make_app, publish_finalize
+        from .wire import publish_finalize
 
-        publish_finalize(make_app(settings), spec)
+        publish_finalize(client, spec.job_id, spec.manifest_path, spec.queue)
     return spec, len(missing)
 
 

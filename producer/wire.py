@@ -6,7 +6,7 @@ connection), a large share of a short job's wall time. The message Celery writes
 simple: Celery's task protocol 2 in kombu's Redis transport envelope, JSON, pushed
 with LPUSH onto the list named after the queue (priority 0). This module writes the
 same message with the producer's Redis client, in one round trip. Workers are
-unchanged (they consume and publish through Celery); ``tests/test_wire.py`` checks
+unchanged (they consume through Celery); ``tests/test_wire.py`` checks
 the message against one made by Celery itself, so a Celery/kombu upgrade that changes
 the format fails a test instead of the pipeline.
 """
@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from .constants import TASK_REDUCE
+from .constants import TASK_FINALIZE, TASK_REDUCE
 from .messages import JobSpec
 
 #: Celery's "embed" part of a protocol-2 body: no callbacks, chain or chord.
@@ -82,3 +82,32 @@ def publish_chunks(client: Any, spec: JobSpec, indices: Iterable[int]) -> int:
         # LPUSH a b c leaves c at the head: consumers (BRPOP) still take a first.
         client.lpush(spec.queue, *messages)
     return len(messages)
+
+
+def publish_finalize(client: Any, job_id: str, manifest: str, queue: str) -> None:
+    """Queue the job's finalize task (idempotent on the worker's side)."""
+    args = [{"job_id": job_id, "manifest": manifest}]
+    client.lpush(queue, json.dumps(task_message(TASK_FINALIZE, args, queue)))
+
+
+def read_task(raw: str) -> tuple[str, dict[str, Any]] | None:
+    """(task name, its payload) of a message as queued; None for anything else.
+
+    Reads both forms kombu keeps: the envelope alone (a queue's list) and
+    ``[envelope, exchange, routing_key]`` (the ``unacked`` hash).
+    """
+    try:
+        message = json.loads(raw)
+        if isinstance(message, list):
+            message = message[0]
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        payload = args[0]
+        task = message["headers"]["task"]
+    except (ValueError, TypeError, KeyError, IndexError):
+        return None
+    if not isinstance(task, str) or not isinstance(payload, dict):
+        return None
+    return task, payload

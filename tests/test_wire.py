@@ -7,8 +7,9 @@ import json
 
 from producer.broker import make_app, publish
 from producer.config import Settings
+from producer.constants import TASK_FINALIZE, TASK_REDUCE
 from producer.messages import Segment
-from producer.wire import publish_chunks
+from producer.wire import publish_chunks, publish_finalize, read_task
 from tests.test_reader import spec_for
 
 #: Fields that differ between any two messages (fresh ids, the sending process).
@@ -53,3 +54,37 @@ def test_order_is_first_in_first_out(redis_client):
         body = json.loads(base64.b64decode(json.loads(raw)["body"]))
         got.append(body[0][0]["index"])
     assert got == [0, 1, 2]
+
+
+def test_finalize_message_matches_celery_send_task(redis_url, redis_client):
+    payload = {"job_id": "j1", "manifest": "/data/out.h5.parts/manifest.json"}
+    redis_client.delete("wire-fin")
+    app = make_app(Settings.from_env({"REDIS_URL": redis_url}))
+    try:
+        app.send_task(TASK_FINALIZE, args=[payload], queue="wire-fin")
+        theirs = redis_client.rpop("wire-fin")
+        publish_finalize(redis_client, "j1", payload["manifest"], "wire-fin")
+        ours = redis_client.rpop("wire-fin")
+        assert _shape(json.loads(ours)) == _shape(json.loads(theirs))
+        # read back from a queue's list and from kombu's unacked hash alike
+        assert read_task(ours) == read_task(theirs) == (TASK_FINALIZE, payload)
+        assert read_task(json.dumps([json.loads(ours), "", "wire-fin"])) == (TASK_FINALIZE, payload)
+    finally:
+        redis_client.delete("wire-fin", "_kombu.binding.wire-fin")
+        app.close()
+
+
+def test_read_task_ignores_what_is_not_a_task():
+    spec = spec_for([Segment("/data/in.h5", "/entry/data/data", 0, 4)], (4, 4), "uint16")
+    good = json.dumps(
+        {
+            "body": base64.b64encode(
+                json.dumps([[spec.chunk(0).to_json()], {}, {}]).encode()
+            ).decode(),
+            "headers": {"task": TASK_REDUCE},
+            "properties": {"body_encoding": "base64"},
+        }
+    )
+    assert read_task(good) == (TASK_REDUCE, spec.chunk(0).to_json())
+    for raw in ("", "not json", "[]", "{}", json.dumps({"body": "!!", "headers": {}}), "[1, 2]"):
+        assert read_task(raw) is None, raw

@@ -18,16 +18,16 @@ from celery.signals import worker_process_init, worker_process_shutdown
 
 from producer import constants as C
 from producer import jobs, monitor, results
-from producer.broker import publish_finalize
 from producer.config import Settings
 from producer.constants import TASK_FINALIZE, TASK_REDUCE
 from producer.errors import FramestatsError, PermanentChunkError, TransientChunkError, UserError
 from producer.messages import ChunkTask, JobState
-from producer.wire import publish_chunks
+from producer.wire import publish_chunks, publish_finalize
 
 from .app import app
 from .context import JobCache, load_spec
 from .heartbeat import Heartbeat
+from .recovery import Sweeper
 
 log = logging.getLogger("framestats.worker")
 
@@ -75,6 +75,12 @@ def runtime(node: str | None = None) -> Runtime:
             settings, client, JobCache(settings.data_root, str(device)), hb, str(device)
         )
         hb.start(settings.heartbeat)
+        Sweeper(
+            client,
+            hb.id,
+            settings.restore_interval,
+            lambda manifest, job_id: load_spec(manifest, job_id, settings.data_root),
+        ).start()
     return _runtime
 
 
@@ -177,7 +183,7 @@ def reduce_chunk(self: Task, payload: dict[str, Any]) -> str:
         jobs.successor_published(pipe, task.job_id, task.index, successor)
         pipe.execute()
     if done >= spec.n_chunks:
-        publish_finalize(self.app, spec)
+        publish_finalize(rt.client, spec.job_id, spec.manifest_path, spec.queue)
     return "done"
 
 

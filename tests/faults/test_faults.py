@@ -30,6 +30,7 @@ from producer import jobs
 from producer.config import Settings
 from producer.messages import JobState
 from producer.paths import chunk_path
+from producer.wire import read_task
 from tests.faults.util import (
     N_FRAMES,
     Job,
@@ -146,6 +147,33 @@ def test_production_redelivery_bound(
     assert_identical(job.output, reference)
     print(f"production settings: lost chunks ran again {delay:.1f} s after the kill")
     assert delay <= bound + 2.0
+
+
+def test_message_lost_in_flight_is_queued_again(
+    fault_redis, fault_client, reference, submit_job, queue, worker_env, tmp_path
+):
+    """Fault 2b: a worker dies right after Redis handed it a message (BRPOP) and before
+    kombu recorded it as taken: the message is nowhere, and no visibility timeout brings
+    it back. Emulated exactly: the test takes that message off the queue itself. The
+    workers' sweep finds the chunk in no queue, no worker's hands and not done once the
+    job stalls, and queues it again."""
+    job = submit_job()
+    raw = fault_client.rpop(queue)  # the message BRPOP hands out first
+    got = read_task(raw)
+    assert got is not None and got[0] == C.TASK_REDUCE
+    lost = int(got[1]["index"])
+    with workers(fault_redis.url(), str(tmp_path), queue, **worker_env) as [worker]:
+        data = job.wait()
+        log = full_log(worker)
+    assert data["state"] == "done", (data, log[-3000:])
+    assert_identical(job.output, reference)
+    assert int(data["frames_done"]) == N_FRAMES
+    assert int(data.get("requeued", 0)) == 1, data
+    assert job.deliveries()[lost] == 1
+    assert f"chunk {lost}" in log and "queued again" in log
+    res = run_producer(fault_redis.url(), "status", job.job_id, "--json", env=worker_env)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["chunks_requeued"] == 1
 
 
 def test_redis_lost_mid_job_then_resume(
