@@ -20,7 +20,7 @@ from .messages import JobSpec
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    """Celery settings: JSON only, late acks, a next message in hand, fast redelivery."""
+    """Celery settings: JSON only, late acks, bounded prefetch, fast redelivery."""
     return {
         "broker_url": settings.redis_url,
         "broker_connection_retry_on_startup": True,

@@ -77,9 +77,12 @@ class Settings:
     #: Device for the kernel: auto, cpu, cuda, cuda:N.
     device: str = "auto"
     #: Messages a worker node reserves per pool process (Celery's prefetch multiplier).
-    #: 2: the next chunk is already in hand when a process finishes one (its hand-over
-    #: 5 -> 2.5 ms); 1: a node never holds a chunk another node could start sooner.
-    prefetch_multiplier: int = 2
+    #: 1: a node never holds a chunk another node could start sooner, and a node that
+    #: dies holds only what it runs. 2: the next chunk is in hand when a process finishes
+    #: one (hand-over 5 -> 2.5 ms; end to end no faster with 2 processes on 2 cores, ~8 %
+    #: with one process per GPU); CI's only failures of the whole-node kill tests came
+    #: with 2 (bench/RESULTS.md).
+    prefetch_multiplier: int = 1
 
     def __post_init__(self) -> None:
         if self.prefetch_multiplier < 1:  # Celery reads 0 as "no limit"

@@ -74,8 +74,8 @@ def test_default_configuration_is_json_only():
 def test_prefetch_multiplier_reaches_celery_and_zero_is_refused():
     """Each pool process holds its next message (2 by default); Celery reads 0 as
     "reserve without limit", so 0 is refused, naming the variable."""
-    assert make_app(Settings.from_env({})).conf.worker_prefetch_multiplier == 2
-    one = Settings.from_env({"FRAMESTATS_PREFETCH_MULTIPLIER": "1"})
-    assert make_app(one).conf.worker_prefetch_multiplier == 1
+    assert make_app(Settings.from_env({})).conf.worker_prefetch_multiplier == 1
+    two = Settings.from_env({"FRAMESTATS_PREFETCH_MULTIPLIER": "2"})
+    assert make_app(two).conf.worker_prefetch_multiplier == 2
     with pytest.raises(ValueError, match="FRAMESTATS_PREFETCH_MULTIPLIER must be at least 1"):
         Settings.from_env({"FRAMESTATS_PREFETCH_MULTIPLIER": "0"})
