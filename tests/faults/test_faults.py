@@ -75,6 +75,7 @@ def test_kill_pool_child_mid_chunk_three_times(
     assert data["state"] == "done", (data, log)
     assert_identical(job.output, reference)
     assert int(data["frames_done"]) == N_FRAMES
+    assert "requeued" not in data, data  # requeued by the parent: the sweep has no part
     deliveries = job.deliveries()
     for index in killed:
         assert deliveries[index] >= 2, f"killed chunk {index} never ran again"
@@ -264,6 +265,7 @@ def test_duplicate_messages_are_not_counted_twice(
         data = job.wait()
     assert data["state"] == "done", data
     assert_identical(job.output, reference)
+    assert "requeued" not in data, data  # copies are messages too: nothing was missing
     deliveries = job.deliveries()
     assert all(deliveries[i] >= 2 for i in (0, 1, 2, 3)), deliveries
     frame_bytes = int(data["frame_bytes"])
