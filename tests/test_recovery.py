@@ -60,7 +60,7 @@ def take(client, spec: JobSpec, index: int, to_unacked: bool = False) -> None:
     """Take chunk ``index``'s message off the queue (into the unacked hash, or lost)."""
     for raw in client.lrange(spec.queue, 0, -1):
         got = wire.read_task(raw)
-        if got and got[0] == TASK_REDUCE and got[1]["index"] == index:
+        if got and got[0] == TASK_REDUCE and got[1] == spec.chunk(index).to_json():
             client.lrem(spec.queue, 1, raw)
             if to_unacked:
                 tag = uuid.uuid4().hex
@@ -190,3 +190,32 @@ def test_one_sweep_per_interval_across_processes(client):
     client.delete(C.job_missing_key(spec.job_id))
     second.once()  # within a's interval: does nothing
     assert client.hgetall(C.job_missing_key(spec.job_id)) == {}
+
+
+def test_messages_are_read_only_when_a_queue_comes_up_short(client, monkeypatch):
+    """A stalled job behind a long shared queue costs a few counts per round, not a read
+    of every message; a loss makes the queue short and the messages are read then."""
+    from worker import recovery
+
+    reads: list[int] = []
+    where = recovery._where
+
+    def counting(messages):
+        got = list(messages)
+        reads.append(len(got))
+        return where(got)
+
+    monkeypatch.setattr(recovery, "_where", counting)
+    stuck = make_job(client)
+    running(client, stuck)
+    take(client, stuck, 0, to_unacked=True)
+    for _ in range(20):  # other jobs' windows ahead of it on the same queue
+        make_job(client, queue=stuck.queue)
+    for t in (2, 4, 6):
+        assert run(client, stuck, T0 + t) == []
+    assert reads == []
+    take(client, stuck, 1)  # now one message is gone
+    run(client, stuck, T0 + 8)
+    got = run(client, stuck, T0 + 10)
+    assert [(r.job_id, r.chunks) for r in got] == [(stuck.job_id, (1,))]
+    assert len(reads) == 2 and reads[0] == 21 * 4 - 2 + 1  # the list, and one unacked

@@ -14,8 +14,9 @@ processes compute, so every message published meanwhile passes through it), and 
 
 The sweep closes that gap. Once per ``FRAMESTATS_RESTORE_INTERVAL`` across all workers
 (whichever process takes ``SWEEP_LOCK``), it looks at every unfinished job that has
-made no progress for ``STALL`` intervals, reads in one transaction where each of its
-chunks is, and remembers the chunks that are nowhere. One still nowhere ``GRACE``
+made no progress for ``STALL`` intervals. When its queue holds fewer messages (in the
+list and in workers' hands) than its jobs have chunks out, it reads in one transaction
+where each chunk is, and remembers the chunks that are nowhere. One still nowhere ``GRACE``
 intervals later is queued again; so is the finalize task of a job whose chunks are all
 done when no finalize message exists. A chunk queued again that was only slow runs
 twice, which costs time only: a result is committed once.
@@ -102,6 +103,40 @@ def _stalled(active: list[_Job], now: float, stall: float) -> list[_Job]:
     ]
 
 
+def _short_queues(client: Any, active: list[_Job], queues: set[str]) -> set[str]:
+    """The queues among ``queues`` with fewer messages than their jobs' chunks need.
+
+    Counting is cheap (a few integers per job); reading every message is not (a queue
+    shared by many jobs holds a window of each), so messages are read only for a queue
+    that comes up short. Surplus messages (copies, a cancelled job's leftovers) can hide
+    a loss for as long as they wait; it is found once they are consumed.
+    """
+    if not queues:
+        return set()
+    on = [job for job in active if job.queue in queues]
+    pipe = client.pipeline(transaction=True)
+    for job in on:
+        pipe.scard(C.job_done_key(job.job_id))
+        pipe.llen(C.job_pending_key(job.job_id))
+    names = sorted(queues)
+    for queue in names:
+        for key in monitor.queue_keys(queue):
+            pipe.llen(key)
+    pipe.hvals(monitor.UNACKED_KEY)
+    replies = pipe.execute()
+    need: dict[str, int] = dict.fromkeys(names, 0)
+    for k, job in enumerate(on):
+        done, pending = int(replies[2 * k]), int(replies[2 * k + 1])
+        need[job.queue] += max(0, job.n_chunks - done - pending)
+        if done >= job.n_chunks and job.state in ("running", "finalizing"):
+            need[job.queue] += 1  # its finalize task
+    held = monitor.reserved_by_queue(replies[-1])
+    steps = len(monitor.PRIORITY_STEPS)
+    lens = replies[2 * len(on) : -1]
+    have = {q: sum(lens[i * steps : (i + 1) * steps]) + held.get(q, 0) for i, q in enumerate(names)}
+    return {q for q in names if have[q] < need[q]}
+
+
 def _where(messages: Iterable[str]) -> dict[str, set[str]]:
     """job id -> chunk indices (as text) and FINALIZE that have a message among ``messages``."""
     out: dict[str, set[str]] = {}
@@ -136,10 +171,16 @@ def sweep(
     now = time.time() if now is None else now
     stall = max(MIN_SECONDS, STALL * interval)
     grace = max(MIN_SECONDS, GRACE * interval)
-    jobs_ = _stalled(_active(client), now, stall)
+    active = _active(client)
+    jobs_ = _stalled(active, now, stall)
+    short = _short_queues(client, active, {job.queue for job in jobs_})
+    for job in jobs_:
+        if job.queue not in short:  # every chunk has a message: nothing is nowhere
+            client.delete(C.job_missing_key(job.job_id))
+    jobs_ = [job for job in jobs_ if job.queue in short]
     if not jobs_:
         return []
-    queues = sorted({job.queue for job in jobs_})
+    queues = sorted(short)
     # One snapshot: nothing moves between the done sets, the queues and the unacked hash.
     pipe = client.pipeline(transaction=True)
     for job in jobs_:
