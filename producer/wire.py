@@ -5,8 +5,10 @@ costs the command ~0.15 s (importing celery and kombu, building the app, opening
 connection), a large share of a short job's wall time. The message Celery writes is
 simple: Celery's task protocol 2 in kombu's Redis transport envelope, JSON, pushed
 with LPUSH onto the list named after the queue (priority 0). This module writes the
-same message with the producer's Redis client, in one round trip. Workers are
-unchanged (they consume through Celery); ``tests/test_wire.py`` checks
+same message with the producer's Redis client, in one round trip. Workers consume
+through Celery and write the window's next chunk, finalize tasks and the sweep's
+requeued chunks here too (inside their own MULTI where it matters); ``read_task``
+reads any of these back. ``tests/test_wire.py`` checks
 the message against one made by Celery itself, so a Celery/kombu upgrade that changes
 the format fails a test instead of the pipeline.
 """
