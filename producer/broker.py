@@ -1,7 +1,7 @@
-"""The Celery application's configuration, in one place, and publishing chunk tasks.
+"""The Celery application's configuration, in one place.
 
-Both sides build their app here: the producer to publish, the worker to consume.
-Importing this module does not import torch.
+Workers build their app here (the producer publishes with ``producer.wire`` and
+builds none). Importing this module does not import torch.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from typing import Any
 from celery import Celery
 
 from .config import Settings
-from .constants import DEFAULT_QUEUE, TASK_REDUCE
+from .constants import DEFAULT_QUEUE
 from .errors import ConfigError
-from .messages import JobSpec
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -112,18 +111,3 @@ def check_safe(app: Celery) -> None:
                     f"unsafe Celery configuration: {key}={values!r} {where}; "
                     "only JSON is allowed (pickle would run code sent through Redis)"
                 )
-
-
-def publish(app: Celery, spec: JobSpec, indices: Iterable[int]) -> int:
-    """Send one reduce task per chunk index over one connection; returns how many."""
-    sent = 0
-    with app.producer_or_acquire() as producer:
-        for index in indices:
-            app.send_task(
-                TASK_REDUCE,
-                args=[spec.chunk(index).to_json()],
-                queue=spec.queue,
-                producer=producer,
-            )
-            sent += 1
-    return sent

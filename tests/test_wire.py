@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 
-from producer.broker import make_app, publish
+from producer.broker import make_app
 from producer.config import Settings
 from producer.constants import TASK_FINALIZE, TASK_REDUCE
 from producer.messages import Segment
@@ -32,7 +32,7 @@ def test_message_matches_celery_send_task(redis_url, redis_client):
     redis_client.delete("wire-test")
     app = make_app(Settings.from_env({"REDIS_URL": redis_url}))
     try:
-        assert publish(app, spec, [1]) == 1
+        app.send_task(TASK_REDUCE, args=[spec.chunk(1).to_json()], queue=spec.queue)
         theirs = json.loads(redis_client.rpop("wire-test"))
         assert publish_chunks(redis_client, spec, [1]) == 1
         ours = json.loads(redis_client.rpop("wire-test"))

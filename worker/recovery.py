@@ -127,9 +127,7 @@ def _short_queues(client: Any, active: list[_Job], queues: set[str]) -> set[str]
     need: dict[str, int] = dict.fromkeys(names, 0)
     for k, job in enumerate(on):
         done, pending = int(replies[2 * k]), int(replies[2 * k + 1])
-        need[job.queue] += max(0, job.n_chunks - done - pending)
-        if done >= job.n_chunks and job.state in ("running", "finalizing"):
-            need[job.queue] += 1  # its finalize task
+        need[job.queue] += max(0, job.n_chunks - done - pending) + _finalize_due(job, done)
     held = monitor.reserved_by_queue(replies[-1])
     steps = len(monitor.PRIORITY_STEPS)
     lens = replies[2 * len(on) : -1]
@@ -153,11 +151,15 @@ def _where(messages: Iterable[str]) -> dict[str, set[str]]:
     return out
 
 
+def _finalize_due(job: _Job, done: int) -> bool:
+    """All chunks done and the job not finished: its finalize task must exist."""
+    return done >= job.n_chunks and job.state in ("running", "finalizing")
+
+
 def _nowhere(job: _Job, done: set[str], pending: Iterable[str], present: set[str]) -> set[str]:
     lost = {str(i) for i in range(job.n_chunks)} - done - set(pending) - present
-    if len(done) >= job.n_chunks and job.state in ("running", "finalizing"):
-        if FINALIZE not in present:
-            lost.add(FINALIZE)
+    if _finalize_due(job, len(done)) and FINALIZE not in present:
+        lost.add(FINALIZE)
     return lost
 
 
@@ -174,9 +176,9 @@ def sweep(
     active = _active(client)
     jobs_ = _stalled(active, now, stall)
     short = _short_queues(client, active, {job.queue for job in jobs_})
-    for job in jobs_:
-        if job.queue not in short:  # every chunk has a message: nothing is nowhere
-            client.delete(C.job_missing_key(job.job_id))
+    whole = [C.job_missing_key(job.job_id) for job in jobs_ if job.queue not in short]
+    if whole:  # every chunk there has a message: nothing is nowhere
+        client.delete(*whole)
     jobs_ = [job for job in jobs_ if job.queue in short]
     if not jobs_:
         return []
