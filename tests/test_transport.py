@@ -67,3 +67,40 @@ def test_celery_uses_it_and_urls_read_as_before():
         assert conn.transport.Channel is Channel
         assert conn.as_uri().startswith(url.split("://")[0] + "://")
         assert "pw" not in conn.as_uri()
+
+
+def test_one_client_per_pool_and_messages_still_flow(redis_url):
+    """Acks and publishes share one client until the pool is replaced (a reconnection);
+    messages sent and acknowledged through it arrive and leave kombu's unacked hash."""
+    name = f"t-shared-{uuid.uuid4().hex[:8]}"
+    conn = Connection(redis_url, transport="producer.transport:Transport")
+    channel = conn.default_channel
+    try:
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is second
+        given = object()
+        with channel.conn_or_acquire(given) as passed:
+            assert passed is given  # a caller's own client (a pipeline) is used as is
+        queue = Queue(name)
+        with conn.Producer() as producer:
+            for n in range(3):
+                producer.publish({"n": n}, routing_key=name, declare=[queue])
+        got: list[object] = []
+        consumer = Consumer(
+            channel, [queue], callbacks=[lambda body, m: (got.append(body), m.ack())]
+        )
+        consumer.qos(prefetch_count=1)
+        consumer.consume()
+        while len(got) < 3:
+            conn.drain_events(timeout=5)
+        assert got == [{"n": 0}, {"n": 1}, {"n": 2}]
+        with channel.conn_or_acquire() as client:
+            assert not [raw for raw in client.hvals("unacked") if name.encode() in raw]
+        channel._disconnect_pools()
+        with channel.conn_or_acquire() as after:
+            assert after is not first and after.connection_pool is channel.pool
+            assert after.ping()
+    finally:
+        with Connection(redis_url).channel() as fresh:
+            fresh.client.delete(name, f"_kombu.binding.{name}")
+        conn.release()
