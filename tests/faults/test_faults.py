@@ -29,7 +29,7 @@ from producer import constants as C
 from producer import jobs
 from producer.config import Settings
 from producer.messages import JobState
-from producer.paths import chunk_path
+from producer.results import read_chunk
 from producer.wire import read_task
 from tests.faults.util import (
     N_FRAMES,
@@ -288,7 +288,7 @@ def test_sigterm_mid_chunk_finishes_it(
         assert first.proc.wait(60) == 0, full_log(first)
         # Warm shutdown: the running chunk was finished (by this worker) before it exited.
         assert index in job.committed()
-        meta = json.loads(bytes(np.load(chunk_path(job.workdir, index))["meta"]).decode())
+        meta = read_chunk(job.workdir, index).meta
         assert meta["worker"].startswith(first.name + "@")
         assert "state" in job.data() and job.state() == "running"
         second = start_ready(fault_redis.url(), str(tmp_path), queue, **worker_env)

@@ -24,7 +24,7 @@ import redis
 
 from producer import constants as C
 from producer import jobs
-from producer.paths import chunk_path
+from producer.paths import chunk_index, chunk_path
 from tests.workers import WorkerProcess, run_producer, start_worker
 
 #: The job every fault test runs: gzip frames, so a chunk takes long enough to be
@@ -254,7 +254,7 @@ class Job:
     def committed(self) -> set[int]:
         folder = os.path.join(self.workdir, C.CHUNKS_DIR)
         try:
-            return {int(n[:-4]) for n in os.listdir(folder) if n.endswith(".npz")}
+            return {i for i in map(chunk_index, os.listdir(folder)) if i is not None}
         except FileNotFoundError:
             return set()
 
