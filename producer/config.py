@@ -56,8 +56,10 @@ class Settings:
     data_root: tuple[str, ...] = ()
     #: Chunk tasks kept queued per job; workers top the window up as chunks finish.
     window: int = 64
-    #: Target uncompressed bytes per chunk task when --chunk-frames is not given.
-    task_bytes: int = 128 * 1024 * 1024
+    #: Largest uncompressed bytes per chunk task when --chunk-frames is not given (a
+    #: small job gets smaller tasks, so every live worker process has some:
+    #: ``producer.plan.task_bytes_for``).
+    task_bytes: int = 256 * 1024 * 1024
     #: Seconds before Redis hands an unacknowledged message to another worker.
     visibility_timeout: int = 45
     #: How often (s) workers sweep for unacknowledged messages to restore.

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any
 
 import click
 
@@ -16,10 +15,6 @@ from . import jobs
 from .config import Settings
 from .progress import follow
 from .submit import SubmitRequest, submit
-
-
-def live_workers(client: Any, settings: Settings) -> int:
-    return int(client.zcount(C.WORKERS_INDEX, time.time() - settings.worker_timeout, "+inf"))
 
 
 def start_worker(settings: Settings, queue: str, log_path: str) -> subprocess.Popen[bytes]:
@@ -54,7 +49,7 @@ def run_demo(folder: str, frames: int, settings: Settings) -> int:
     jobs.ping(client, settings.redis_url_redacted)
     started: subprocess.Popen[bytes] | None = None
     queue = C.DEFAULT_QUEUE
-    if live_workers(client, settings) == 0:
+    if jobs.live_processes(client, settings.worker_timeout) == 0:
         queue = f"demo-{os.getpid()}"
         log_path = os.path.join(folder, "demo-worker.log")
         click.echo(f"no worker running: starting one (log: {log_path})", err=True)

@@ -77,6 +77,12 @@ def ping(client: Client, url_redacted: str) -> None:
         raise BrokerUnavailable(url_redacted, str(exc)) from exc
 
 
+def live_processes(client: Client, worker_timeout: float, now: float | None = None) -> int:
+    """Worker processes whose heartbeat is younger than ``worker_timeout`` seconds."""
+    now = time.time() if now is None else now
+    return int(client.zcount(C.WORKERS_INDEX, now - worker_timeout, "+inf"))
+
+
 def create(client: Client, spec: JobSpec, pending: Iterable[int], done: Iterable[int] = ()) -> None:
     """Write the job hash, its done set and its pending list (replacing any old state)."""
     now = time.time()

@@ -11,6 +11,23 @@ from dataclasses import dataclass
 
 from .messages import Segment
 
+#: Smallest task the sizing rule makes (a task costs a few ms of bookkeeping).
+MIN_TASK_BYTES = 32 * 1024 * 1024
+#: Tasks the sizing rule gives each live worker process of a small job, at least.
+TASKS_PER_PROCESS = 2
+
+
+def task_bytes_for(total_bytes: int, max_bytes: int, processes: int) -> int:
+    """Bytes per task for a job of ``total_bytes`` on ``processes`` live worker processes.
+
+    Large jobs get ``max_bytes`` (FRAMESTATS_TASK_MIB): every task costs a few ms of
+    queue and commit work, so fewer, larger tasks are faster. A job too small to give
+    every process ``TASKS_PER_PROCESS`` tasks of that size gets smaller ones, down to
+    ``MIN_TASK_BYTES``, so that it still spreads over the cluster.
+    """
+    share = -(-total_bytes // (TASKS_PER_PROCESS * max(1, processes)))
+    return max(min(max_bytes, share), min(MIN_TASK_BYTES, max_bytes))
+
 
 @dataclass(frozen=True)
 class Plan:

@@ -12,7 +12,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,7 @@ from .constants import CHUNKS_DIR, DEFAULT_QUEUE, DEFAULT_STATS, MASK_NAME, STAT
 from .errors import OptionError, OutputError
 from .messages import JobSpec
 from .paths import check_allowed, workdir_for
-from .plan import Plan, plan
+from .plan import Plan, plan, task_bytes_for
 from .results import write_atomic
 from .selection import effective_range, parse_frames, parse_valid_range
 from .sources import Source, resolve_inputs, select
@@ -215,11 +215,36 @@ def enqueue(
     return publish_chunks(client, spec, window)
 
 
+def fit_to_workers(
+    prepared: Prepared, settings: Settings, processes: int, chunk_frames: int | None = None
+) -> Prepared:
+    """The same job with its tasks sized for ``processes`` live worker processes.
+
+    ``prepare`` plans with FRAMESTATS_TASK_MIB; a job too small to give every live
+    process two such tasks gets smaller ones (``plan.task_bytes_for``). An explicit
+    ``--chunk-frames`` stays as asked.
+    """
+    spec = prepared.spec
+    size = task_bytes_for(spec.n_frames * spec.frame_bytes, settings.task_bytes, processes)
+    if chunk_frames is not None or size == settings.task_bytes:
+        return prepared
+    the_plan = plan(
+        spec.segments,
+        [s.info.frames_per_chunk for s in prepared.sources],
+        spec.frame_bytes,
+        size,
+    )
+    spec = replace(spec, boundaries=the_plan.boundaries, chunk_frames=the_plan.frames_per_task)
+    return replace(prepared, spec=spec, plan=the_plan)
+
+
 def submit(request: SubmitRequest, settings: Settings) -> Prepared:
-    """Validate, check the broker, write the job folder, queue the first window."""
+    """Validate, check the broker, size the tasks, write the job folder, queue the first window."""
     prepared = prepare(request, settings)
     client = jobs.connect(settings.redis_url)
     jobs.ping(client, settings.redis_url_redacted)
+    live = jobs.live_processes(client, settings.worker_timeout)
+    prepared = fit_to_workers(prepared, settings, live, request.chunk_frames)
     spec = prepared.spec
     write_workdir(spec, prepared.labels, replace=request.overwrite)
     enqueue(spec, settings, client, range(spec.n_chunks))

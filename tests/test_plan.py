@@ -1,0 +1,87 @@
+"""Task sizing: large jobs get the largest tasks, small ones spread over the live workers."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import h5py
+import numpy as np
+import pytest
+
+from producer import plan as plan_mod
+from producer.config import Settings
+from producer.plan import MIN_TASK_BYTES, TASKS_PER_PROCESS, task_bytes_for
+from producer.submit import SubmitRequest, fit_to_workers, prepare
+
+MIB = 1 << 20
+
+
+def test_rule():
+    big = 1 << 40
+    assert task_bytes_for(big, 256 * MIB, 8) == 256 * MIB  # a 1 TiB job: the largest tasks
+    # 2 GiB on 2 processes: 4 tasks of 512 would do, but the cap is 256.
+    assert task_bytes_for(2048 * MIB, 256 * MIB, 2) == 256 * MIB
+    # 2 GiB on 16 processes: 32 tasks of 64 MiB, two per process.
+    assert task_bytes_for(2048 * MIB, 256 * MIB, 16) == 64 * MIB
+    # Never below the floor, however many processes, nor above the cap.
+    assert task_bytes_for(100 * MIB, 256 * MIB, 64) == MIN_TASK_BYTES
+    assert task_bytes_for(10 * MIB, 8 * MIB, 64) == 8 * MIB
+    # No live worker counts as one (a job queued before the workers start).
+    assert task_bytes_for(100 * MIB, 256 * MIB, 0) == task_bytes_for(100 * MIB, 256 * MIB, 1)
+
+
+@pytest.mark.parametrize("processes", [1, 3, 8, 64])
+def test_fitted_plans_cover_the_frames_on_hdf5_chunks(tmp_path, monkeypatch, processes):
+    """A 16 MiB stack (128 frames, HDF5 chunks of 4 frames), task cap 8 MiB, floor 1 MiB."""
+    monkeypatch.setattr(plan_mod, "MIN_TASK_BYTES", 1 * MIB)
+    path, mask = str(tmp_path / "s.h5"), str(tmp_path / "m.npy")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data", shape=(128, 256, 256), dtype="u2", chunks=(4, 256, 256))
+    np.save(mask, np.ones((256, 256), bool))
+    settings = Settings(task_bytes=8 * MIB)
+    prepared = prepare(SubmitRequest(inputs=(path,), mask=mask), settings)
+    assert prepared.spec.chunk_frames == 64  # 8 MiB of 128 KiB frames: planned without Redis
+    fitted = fit_to_workers(prepared, settings, processes)
+    spec = fitted.spec
+    frame_bytes = 256 * 256 * 2
+    size = max(min(8 * MIB, -(-16 * MIB // (TASKS_PER_PROCESS * processes))), 1 * MIB)
+    assert spec.chunk_frames == size // frame_bytes // 4 * 4
+    assert spec.boundaries[0] == 0 and spec.boundaries[-1] == 128
+    assert all(b % 4 == 0 for b in spec.boundaries)
+    sizes = [b - a for a, b in itertools.pairwise(spec.boundaries)]
+    assert sizes[:-1] == [spec.chunk_frames] * (len(sizes) - 1) and sizes[-1] <= spec.chunk_frames
+    assert fitted.plan.boundaries == spec.boundaries and spec.n_chunks == fitted.plan.n_chunks
+    if processes <= 8:  # the floor (8 frames) is not reached: two tasks per process at least
+        assert spec.n_chunks >= min(TASKS_PER_PROCESS * processes, 128 // 4)
+    # Everything else is the prepared job's.
+    same = {f.name for f in dataclasses.fields(spec)} - {"boundaries", "chunk_frames"}
+    assert all(getattr(spec, n) == getattr(prepared.spec, n) for n in same)
+
+
+def test_explicit_chunk_frames_stay(tmp_path):
+    path, mask = str(tmp_path / "s.h5"), str(tmp_path / "m.npy")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data", shape=(64, 64, 64), dtype="u2")
+    np.save(mask, np.ones((64, 64), bool))
+    settings = Settings()
+    prepared = prepare(SubmitRequest(inputs=(path,), mask=mask, chunk_frames=16), settings)
+    assert fit_to_workers(prepared, settings, 32, chunk_frames=16) is prepared
+    assert prepared.spec.boundaries == (0, 16, 32, 48, 64)
+
+
+def test_live_processes_are_those_with_a_recent_heartbeat(redis_client):
+    """What ``submit`` sizes tasks for: members of the workers index beaten within the timeout."""
+    from producer import constants as C
+    from producer import jobs
+
+    now = 1_000_000.0  # far in the past: no real worker's beat is this old
+    fresh = {f"test-plan:{i}": now - 1 for i in range(3)}
+    stale = {"test-plan:old": now - 100}
+    before = jobs.live_processes(redis_client, 30, now=now)
+    redis_client.zadd(C.WORKERS_INDEX, {**fresh, **stale})
+    try:
+        assert jobs.live_processes(redis_client, 30, now=now) - before == 3
+        assert jobs.live_processes(redis_client, 300, now=now) - before == 4
+    finally:
+        redis_client.zrem(C.WORKERS_INDEX, *fresh, *stale)
