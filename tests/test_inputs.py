@@ -27,7 +27,7 @@ from producer.selection import effective_range, parse_frames, parse_valid_range
 from producer.sources import resolve_inputs, select, select_segment
 from tests.layouts import write_eiger, write_vds
 from tests.reference import reference
-from tests.workers import WorkerProcess, run_producer
+from tests.workers import WorkerProcess, run_producer, stored_keys
 
 H, W = 12, 10
 ALL = ("sum", "mean", "count", "min", "max", "std")
@@ -292,14 +292,14 @@ def snapshot(folder) -> set[str]:
 
 def run_bad(folder, redis_url, redis_client, args, expect) -> str:
     before_files = snapshot(folder)
-    before_keys = set(redis_client.keys("*"))
+    before_keys = stored_keys(redis_client)
     result = CliRunner().invoke(cli, args, env={"REDIS_URL": redis_url}, catch_exceptions=False)
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1, result.output
     assert expect in lines[0], lines[0]
     assert snapshot(folder) == before_files, "nothing written"
-    assert set(redis_client.keys("*")) == before_keys, "nothing queued"
+    assert stored_keys(redis_client) == before_keys, "nothing queued"
     return lines[0]
 
 
@@ -440,13 +440,13 @@ def test_data_root_applies_to_linked_and_virtual_source_files(tmp_path, redis_ur
     np.save(inside / "m.npy", np.ones((H, W), bool))
     env = {"REDIS_URL": redis_url, "DATA_ROOT": str(inside)}
     for data in ("x_master.h5", "v.h5"):
-        before = set(redis_client.keys("*"))
+        before = stored_keys(redis_client)
         result = CliRunner().invoke(
             cli, ["submit", str(inside / data), "--mask", str(inside / "m.npy")], env=env
         )
         assert result.exit_code == 2, result.output
         assert "x_data_000001.h5" in result.output and "outside DATA_ROOT" in result.output
-        assert set(redis_client.keys("*")) == before
+        assert stored_keys(redis_client) == before
         assert not any(p.name.endswith(".parts") for p in inside.iterdir())
 
 
@@ -475,7 +475,7 @@ def test_unreadable_linked_or_source_file_is_named(tmp_path, which, redis_url, r
         if setpriv is None:
             pytest.skip("root reads any file and setpriv is missing to drop that capability")
         argv = [setpriv, "--bounding-set=-dac_override,-dac_read_search", *argv]
-    before_files, before_keys = snapshot(tmp_path), set(redis_client.keys("*"))
+    before_files, before_keys = snapshot(tmp_path), stored_keys(redis_client)
     res = subprocess.run(
         argv, env={**os.environ, "REDIS_URL": redis_url}, capture_output=True, text=True
     )
@@ -483,7 +483,7 @@ def test_unreadable_linked_or_source_file_is_named(tmp_path, which, redis_url, r
     assert res.returncode == 2, res.stderr
     assert len(lines) == 1 and expect in lines[0], lines
     assert snapshot(tmp_path) == before_files
-    assert set(redis_client.keys("*")) == before_keys
+    assert stored_keys(redis_client) == before_keys
 
 
 def test_detector_mask_of_wrong_shape(tmp_path, redis_url, redis_client):

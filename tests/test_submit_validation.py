@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from producer.cli import cli
 from producer.samples import detector_frames, write_stack
+from tests.workers import stored_keys
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def snapshot(folder) -> set[str]:
 
 def run_bad(folder, redis_url, redis_client, args, expect):
     before_files = snapshot(folder)
-    before_keys = set(redis_client.keys("*"))
+    before_keys = stored_keys(redis_client)
     result = CliRunner().invoke(cli, args, env={"REDIS_URL": redis_url}, catch_exceptions=False)
     assert result.exit_code != 0
     lines = [line for line in result.output.splitlines() if line.strip()]
@@ -35,7 +36,7 @@ def run_bad(folder, redis_url, redis_client, args, expect):
     assert expect in lines[0], lines[0]
     assert "Traceback" not in result.output
     assert snapshot(folder) == before_files, "nothing written"
-    assert set(redis_client.keys("*")) == before_keys, "nothing queued"
+    assert stored_keys(redis_client) == before_keys, "nothing queued"
     return lines[0]
 
 
@@ -255,7 +256,7 @@ def test_mask_unreadable(files, redis_url, redis_client):
         if setpriv is None:
             pytest.skip("root reads any file and setpriv is missing to drop that capability")
         argv = [setpriv, "--bounding-set=-dac_override,-dac_read_search", *argv]
-    before_files, before_keys = snapshot(folder), set(redis_client.keys("*"))
+    before_files, before_keys = snapshot(folder), stored_keys(redis_client)
     res = subprocess.run(
         argv, env={**os.environ, "REDIS_URL": redis_url}, capture_output=True, text=True
     )
@@ -263,7 +264,7 @@ def test_mask_unreadable(files, redis_url, redis_client):
     assert res.returncode == 2, res.stderr
     assert lines == [f"error: mask file is not readable: {mask}"], lines
     assert snapshot(folder) == before_files
-    assert set(redis_client.keys("*")) == before_keys
+    assert stored_keys(redis_client) == before_keys
 
 
 def test_compression_filter_not_available(files, redis_url, redis_client):

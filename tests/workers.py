@@ -76,6 +76,12 @@ class WorkerProcess:
         self.proc.wait(10)
 
 
+def stored_keys(client: Any) -> set[str]:
+    """Every key in the database but the sweep's lock (live workers set and drop it on
+    their own schedule): what a refused command must leave exactly as it found it."""
+    return {k.decode() if isinstance(k, bytes) else k for k in client.keys("*")} - {C.SWEEP_LOCK}
+
+
 def start_worker(
     redis_url: str,
     log_dir: str,

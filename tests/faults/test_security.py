@@ -38,7 +38,7 @@ from tests.faults.util import (
     submit,
     wait_until,
 )
-from tests.workers import WorkerProcess, run_producer, start_worker
+from tests.workers import WorkerProcess, run_producer, start_worker, stored_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -267,7 +267,7 @@ def test_submit_refuses_paths_outside_data_root(
     else:
         data = os.path.join(outside, "in.h5")
         write_stack(data, detector_frames(4, 16, 16), form="gzip", chunk_frames=2)
-    before = sorted(os.listdir(outside)), set(fault_client.keys("*"))
+    before = sorted(os.listdir(outside)), stored_keys(fault_client)
     res = run_producer(
         fault_redis.url(), "submit", data, "--mask", mask, "--output", output,
         "--queue", "q-refused", env={"DATA_ROOT": fault_root},
@@ -275,7 +275,7 @@ def test_submit_refuses_paths_outside_data_root(
     assert res.returncode == 2, res.stderr
     lines = [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and "is outside DATA_ROOT" in lines[0], lines
-    assert (sorted(os.listdir(outside)), set(fault_client.keys("*"))) == before
+    assert (sorted(os.listdir(outside)), stored_keys(fault_client)) == before
     assert not os.path.exists(output + ".parts")
 
 
