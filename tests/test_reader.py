@@ -10,6 +10,7 @@ import hdf5plugin
 import numpy as np
 import pytest
 
+from producer.errors import TransientChunkError
 from producer.messages import JobSpec, Segment
 from producer.samples import detector_frames
 from worker.decode import ChunkDecoder
@@ -89,6 +90,8 @@ def decoded(filters: dict) -> bool:
         ("int16", 1, GZIP),
         ("uint16", 1, {"compression": "lzf"}),
         ("uint16", None, {}),
+        ("float32", None, {}),
+        (">u2", None, {}),
         (">u2", 1, BSLZ4),
         (">u2", 1, GZIP_SHUFFLE),
     ],
@@ -114,6 +117,47 @@ def test_reader_matches_h5py_bit_for_bit(tmp_path, threads, prefetch, dtype, chu
         used = [d for d in reader._decoders.values() if d is not None]
         ours = any(filters is f for f in DECODED) and np.dtype(dtype).isnative
         assert bool(used) == ours
+        preads = [d for d in reader._direct.values() if d is not None]
+        assert bool(preads) == (chunk_frames is None and np.dtype(dtype).isnative)
+    finally:
+        reader.close()
+
+
+def test_contiguous_datasets_hdf5_must_read(tmp_path):
+    """Virtual, external and never-written contiguous datasets are read by HDF5 (their
+    bytes are not at one offset of the file); a truncated file is an error, not the
+    zeros HDF5 reads there."""
+    frames = detector_frames(12, 16, 16, seed=5)
+    plain = make_file(tmp_path / "plain.h5", frames, None)
+    raw = tmp_path / "frames.raw"
+    frames.tofile(raw)
+    paths = {"plain": plain, "external": str(tmp_path / "ext.h5"), "vds": str(tmp_path / "v.h5")}
+    with h5py.File(paths["external"], "w") as f:
+        f.create_dataset(DSET, frames.shape, frames.dtype, external=[(str(raw), 0, frames.nbytes)])
+    with h5py.File(paths["vds"], "w") as f:
+        layout = h5py.VirtualLayout(frames.shape, frames.dtype)
+        layout[:] = h5py.VirtualSource(plain, DSET, frames.shape)
+        f.create_virtual_dataset(DSET, layout)
+    with h5py.File(tmp_path / "empty.h5", "w") as f:
+        f.create_dataset(DSET, frames.shape, frames.dtype, fillvalue=7)
+    cases = {**paths, "empty": str(tmp_path / "empty.h5")}
+    for name, path in cases.items():
+        spec = spec_for([Segment(path, DSET, 0, 12)], (16, 16), "uint16")
+        reader = FrameReader(spec, block_bytes=5 * 16 * 16 * 2)
+        try:
+            want = np.full_like(frames, 7) if name == "empty" else frames
+            np.testing.assert_array_equal(read_all(reader, 0, 12, (16, 16)), want)
+            np.testing.assert_array_equal(read_all(reader, 3, 11, (16, 16)), want[3:11])
+            assert (name == "plain") == any(d is not None for d in reader._direct.values())
+        finally:
+            reader.close()
+    spec = spec_for([Segment(plain, DSET, 0, 12)], (16, 16), "uint16")
+    reader = FrameReader(spec, block_bytes=4 * 16 * 16 * 2)
+    try:
+        read_all(reader, 0, 4, (16, 16))  # opened, its offset known
+        os.truncate(plain, os.path.getsize(plain) - 3 * 16 * 16 * 2)
+        with pytest.raises(TransientChunkError, match="frames 8-12.*file ends 1536 bytes"):
+            read_all(reader, 8, 12, (16, 16))
     finally:
         reader.close()
 

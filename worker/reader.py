@@ -6,7 +6,11 @@ fresh large allocation per block, nor per job (those cost a lot on these machine
 first read into a fresh 32 MiB array took 30-80 ms of page faults, ten times the read).
 
 Bitshuffle-LZ4/Zstd datasets are decoded by ``worker.decode`` (raw chunks, decoded in
-threads outside HDF5's lock) when it applies. With ``prefetch`` the next block is read
+threads outside HDF5's lock) when it applies. A contiguous dataset stored in the job's
+dtype is read with ``os.preadv`` at its file offset, outside HDF5 and its lock: 6 % more
+GiB/s than ``read_direct`` from the page cache with two processes (15.6 against 14.6),
+the same bytes, and a file that ends early is an error (HDF5 reads zeros there);
+anything else (virtual, external, unallocated, another byte order) goes through HDF5. With ``prefetch`` the next block is read
 into a second buffer while the caller reduces the current one: it pays where reading
 and reducing use different resources (a GPU worker), not where one core does both.
 """
@@ -130,6 +134,8 @@ class FrameReader:
         #: Datasets opened (links checked once), by (path, dataset).
         self._dsets: dict[tuple[str, str], h5py.Dataset] = {}
         self._decoders: dict[tuple[str, str], ChunkDecoder | None] = {}
+        #: (file descriptor, byte offset of frame 0) of contiguous datasets, by (path, dataset).
+        self._direct: dict[tuple[str, str], tuple[int, int] | None] = {}
         #: Raw bytes of the two read slots, taken from ``pool`` for one ``blocks`` call.
         self._buffers: list[np.ndarray | None] = [None, None]
         self.pool = POOL
@@ -191,6 +197,20 @@ class FrameReader:
             )
         return self._decoders[key]
 
+    def _contiguous(self, seg: Segment, dset: h5py.Dataset) -> tuple[int, int] | None:
+        """Where a contiguous dataset's bytes start in its file, if they are the frames as
+        the job reads them (same dtype and byte order); None: let HDF5 read it."""
+        key = (seg.path, seg.dataset)
+        if key not in self._direct:
+            found = None
+            plain = dset.chunks is None and not dset.is_virtual and not dset.external
+            if plain and dset.dtype == self.dtype:
+                offset = dset.id.get_offset()  # None: no storage allocated (fill values)
+                if offset is not None:
+                    found = (os.open(dset.file.filename, os.O_RDONLY), int(offset))
+            self._direct[key] = found
+        return self._direct[key]
+
     def _buffer_for(self, frames: int, slot: int = 0) -> np.ndarray:
         h, w = self.spec.frame_shape
         if self.buffers is not None:
@@ -250,9 +270,12 @@ class FrameReader:
     ) -> None:
         """Read one block into ``buf``."""
         decoder = self._decoder(seg, dset) if seg.step == 1 else None
+        direct = self._contiguous(seg, dset) if seg.step == 1 and decoder is None else None
         try:
             if decoder is not None:
                 decoder.read(first, buf)
+            elif direct is not None:
+                self._pread(direct, first, buf)
             else:
                 dset.read_direct(buf, source_sel=np.s_[first : first + n * seg.step : seg.step])
         except (OSError, RuntimeError, ValueError) as exc:
@@ -261,6 +284,22 @@ class FrameReader:
                 f"{first + n * seg.step}]): {exc}",
                 frames=(pos, pos + n),
             ) from exc
+
+    @staticmethod
+    def _pread(direct: tuple[int, int], first: int, buf: np.ndarray) -> None:
+        """Read frames ``first...`` of a contiguous dataset into ``buf``.
+
+        A file that ends early (truncated, or still being written) is an OSError: HDF5's
+        own read fills the missing bytes with zeros and says nothing.
+        """
+        fd, offset = direct
+        view = buf.data.cast("B")
+        at, done = offset + first * buf[0].nbytes, 0
+        while done < view.nbytes:
+            got = os.preadv(fd, [view[done:]], at + done)
+            if got == 0:
+                raise OSError(f"the file ends {view.nbytes - done} bytes before these frames do")
+            done += got
 
     def blocks(self, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (global first frame, frames) covering [start, stop); the arrays are reused.
@@ -319,6 +358,10 @@ class FrameReader:
             if decoder is not None:
                 decoder.close()
         self._decoders.clear()
+        for direct in self._direct.values():
+            if direct is not None:
+                os.close(direct[0])
+        self._direct.clear()
         for f in self._files.values():
             try:
                 f.close()
