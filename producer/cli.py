@@ -294,9 +294,16 @@ def inspect_cmd(
     input_file: str, dataset: str | None, chunk_frames: int | None, as_json: bool
 ) -> None:
     """Datasets of INPUT_FILE (shape, dtype, chunking, filters) and the plan a submit would make."""
+    from . import jobs
     from .inspection import inspect_file, render
 
-    report = inspect_file(input_file, dataset, chunk_frames, settings())
+    conf = settings()
+    client = jobs.connect(conf.redis_url, timeout=1.0)
+    try:  # submit sizes a small job's tasks for the live workers; show the same plan
+        processes: int | None = jobs.live_processes(client, conf.worker_timeout)
+    except (jobs.exceptions(client).RedisError, OSError):
+        processes = None
+    report = inspect_file(input_file, dataset, chunk_frames, conf, processes)
     click.echo(json.dumps(report, indent=1) if as_json else "\n".join(render(report)))
 
 

@@ -10,14 +10,22 @@ from typing import Any
 from .config import Settings
 from .errors import UserError
 from .inputs import describe, list_datasets, open_h5
-from .plan import plan
+from .plan import plan, task_bytes_for
 from .sources import resolve_inputs
 
 
 def inspect_file(
-    path: str, dataset: str | None, chunk_frames: int | None, settings: Settings
+    path: str,
+    dataset: str | None,
+    chunk_frames: int | None,
+    settings: Settings,
+    processes: int | None = None,
 ) -> dict[str, Any]:
-    """Datasets (shape, dtype, chunking, filters, stored size) and the submit plan, or why not."""
+    """Datasets (shape, dtype, chunking, filters, stored size) and the submit plan, or why not.
+
+    ``processes``: live worker processes (None: Redis did not answer); ``submit`` sizes
+    the tasks of a small job for them (``plan.task_bytes_for``), and so does this plan.
+    """
     datasets = []
     with open_h5(path) as f:
         for dset in list_datasets(f):
@@ -36,18 +44,20 @@ def inspect_file(
         out["plan_error"] = str(exc)
         return out
     src = sources[0]
+    frames = sum(s.segment.count for s in sources)
+    task_bytes = task_bytes_for(frames * src.info.frame_bytes, settings.task_bytes, processes or 1)
     # A master file resolves to one segment per linked data file: plan them all, as submit does.
     the_plan = plan(
         [s.segment for s in sources],
         [s.info.frames_per_chunk for s in sources],
         src.info.frame_bytes,
-        settings.task_bytes,
+        task_bytes,
         chunk_frames,
     )
     sizes = [b - a for a, b in zip(the_plan.boundaries, the_plan.boundaries[1:], strict=False)]
     out["plan"] = {
         "dataset": src.info.name,
-        "frames": sum(s.segment.count for s in sources),
+        "frames": frames,
         "files": len({s.segment.path for s in sources}),
         "frame_shape": list(src.info.shape[1:]),
         "dtype": src.info.dtype,
@@ -57,6 +67,7 @@ def inspect_file(
         "bytes_per_task": max(sizes) * src.info.frame_bytes,
         "smallest_task_frames": min(sizes),
         "note": the_plan.note,
+        "live_processes": processes,
     }
     return out
 
@@ -88,4 +99,10 @@ def render(report: dict[str, Any]) -> list[str]:
     )
     if p.get("note"):
         lines.append(f"note: {p['note']}")
+    live = p.get("live_processes")
+    lines.append(
+        f"(tasks sized for {live} live worker processes, as a submit now would)"
+        if live is not None
+        else "(Redis did not answer: tasks sized for one worker process)"
+    )
     return lines

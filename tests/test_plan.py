@@ -85,3 +85,42 @@ def test_live_processes_are_those_with_a_recent_heartbeat(redis_client):
         assert jobs.live_processes(redis_client, 300, now=now) - before == 4
     finally:
         redis_client.zrem(C.WORKERS_INDEX, *fresh, *stale)
+
+
+@pytest.mark.parametrize("processes", [None, 1, 5])
+def test_inspect_plans_what_submit_queues(tmp_path, monkeypatch, processes):
+    from producer.inspection import inspect_file
+
+    monkeypatch.setattr(plan_mod, "MIN_TASK_BYTES", 1 * MIB)
+    path, mask = str(tmp_path / "s.h5"), str(tmp_path / "m.npy")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data", shape=(96, 256, 256), dtype="u2", chunks=(2, 256, 256))
+    np.save(mask, np.ones((256, 256), bool))
+    settings = Settings(task_bytes=8 * MIB)
+    queued = fit_to_workers(
+        prepare(SubmitRequest(inputs=(path,), mask=mask), settings), settings, processes or 1
+    ).spec
+    planned = inspect_file(path, None, None, settings, processes)["plan"]
+    assert (
+        planned["chunks"] == queued.n_chunks and planned["frames_per_task"] == queued.chunk_frames
+    )
+    assert planned["live_processes"] == processes
+
+
+def test_inspect_names_the_workers_it_planned_for(tmp_path, redis_url, redis_client):
+    from click.testing import CliRunner
+
+    from producer import jobs
+    from producer.cli import cli
+
+    path = str(tmp_path / "s.h5")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data", shape=(8, 32, 32), dtype="u2")
+    live = jobs.live_processes(redis_client, Settings.from_env().worker_timeout)
+    res = CliRunner().invoke(cli, ["inspect", path], env={"REDIS_URL": redis_url})
+    assert res.exit_code == 0, res.output
+    assert f"tasks sized for {live} live worker processes" in res.output
+    res = CliRunner().invoke(cli, ["inspect", path], env={"REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert res.exit_code == 0, res.output
+    assert "Redis did not answer: tasks sized for one worker process" in res.output
+    assert "1 chunks of 8 frames" in res.output
