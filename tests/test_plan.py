@@ -31,15 +31,21 @@ def test_rule():
     assert task_bytes_for(100 * MIB, 256 * MIB, 0) == task_bytes_for(100 * MIB, 256 * MIB, 1)
 
 
-@pytest.mark.parametrize("processes", [1, 3, 8, 64])
-def test_fitted_plans_cover_the_frames_on_hdf5_chunks(tmp_path, monkeypatch, processes):
-    """A 16 MiB stack (128 frames, HDF5 chunks of 4 frames), task cap 8 MiB, floor 1 MiB."""
+@pytest.fixture
+def stack(tmp_path, monkeypatch):
+    """A 16 MiB stack (128 frames of 128 KiB, HDF5 chunks of 4 frames) and its mask; task
+    cap 8 MiB, floor 1 MiB (the rule at a scale a test can afford)."""
     monkeypatch.setattr(plan_mod, "MIN_TASK_BYTES", 1 * MIB)
     path, mask = str(tmp_path / "s.h5"), str(tmp_path / "m.npy")
     with h5py.File(path, "w") as f:
         f.create_dataset("data", shape=(128, 256, 256), dtype="u2", chunks=(4, 256, 256))
     np.save(mask, np.ones((256, 256), bool))
-    settings = Settings(task_bytes=8 * MIB)
+    return path, mask, Settings(task_bytes=8 * MIB)
+
+
+@pytest.mark.parametrize("processes", [1, 3, 8, 64])
+def test_fitted_plans_cover_the_frames_on_hdf5_chunks(stack, processes):
+    path, mask, settings = stack
     prepared = prepare(SubmitRequest(inputs=(path,), mask=mask), settings)
     assert prepared.spec.chunk_frames == 64  # 8 MiB of 128 KiB frames: planned without Redis
     fitted = fit_to_workers(prepared, settings, processes)
@@ -88,15 +94,10 @@ def test_live_processes_are_those_with_a_recent_heartbeat(redis_client):
 
 
 @pytest.mark.parametrize("processes", [None, 1, 5])
-def test_inspect_plans_what_submit_queues(tmp_path, monkeypatch, processes):
+def test_inspect_plans_what_submit_queues(stack, processes):
     from producer.inspection import inspect_file
 
-    monkeypatch.setattr(plan_mod, "MIN_TASK_BYTES", 1 * MIB)
-    path, mask = str(tmp_path / "s.h5"), str(tmp_path / "m.npy")
-    with h5py.File(path, "w") as f:
-        f.create_dataset("data", shape=(96, 256, 256), dtype="u2", chunks=(2, 256, 256))
-    np.save(mask, np.ones((256, 256), bool))
-    settings = Settings(task_bytes=8 * MIB)
+    path, mask, settings = stack
     queued = fit_to_workers(
         prepare(SubmitRequest(inputs=(path,), mask=mask), settings), settings, processes or 1
     ).spec
