@@ -15,6 +15,9 @@ def workdir_for(output: str) -> str:
 
 #: The committed result files' ending (``producer.results`` writes and reads them).
 CHUNK_SUFFIX = ".chunk"
+#: The ending before 2026-11-27 (``.npz``): still read, so that a job a worker of an
+#: earlier version began finishes after an upgrade.
+LEGACY_CHUNK_SUFFIX = ".npz"
 
 
 def chunk_path(workdir: str, index: int) -> str:
@@ -24,8 +27,11 @@ def chunk_path(workdir: str, index: int) -> str:
 
 def chunk_index(name: str) -> int | None:
     """The chunk index a file name in the chunks folder commits, or None (temporary files)."""
-    stem = name[: -len(CHUNK_SUFFIX)]
-    return int(stem) if name.endswith(CHUNK_SUFFIX) and stem.isdigit() else None
+    for suffix in (CHUNK_SUFFIX, LEGACY_CHUNK_SUFFIX):
+        stem = name[: -len(suffix)]
+        if name.endswith(suffix) and stem.isdigit():
+            return int(stem)
+    return None
 
 
 def check_allowed(path: str, roots: tuple[str, ...]) -> str:

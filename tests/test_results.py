@@ -84,5 +84,28 @@ def test_statistics_of_different_shapes_are_not_written(tmp_path):
 
 def test_only_committed_names_count():
     assert chunk_index("00000012.chunk") == 12
-    for name in ("00000012.chunk.tmp-99", "00000012.npz", "x.chunk", ".chunk", "12"):
+    assert chunk_index("00000013.npz") == 13  # an earlier version's commit
+    for name in ("00000012.chunk.tmp-99", "00000012.npz.tmp-7", "x.chunk", ".chunk", "12"):
         assert chunk_index(name) is None
+
+
+def test_chunks_an_earlier_version_committed_are_read(tmp_path):
+    """A job begun before an upgrade: its .npz chunks (written as that version wrote
+    them) count as committed and are read back next to new ones."""
+    workdir = str(tmp_path)
+    os.makedirs(tmp_path / CHUNKS_DIR)
+    old = _result(0, 6, 2, ("sum", "mean"))
+    arrays = {f"stat_{k}": v for k, v in old.stats.items()}
+    arrays["range"] = np.array([old.start, old.stop], dtype=np.int64)
+    arrays["meta"] = np.frombuffer(json.dumps(old.meta).encode(), dtype=np.uint8)
+    with open(os.path.join(workdir, CHUNKS_DIR, "00000000.npz"), "wb") as fh:
+        np.savez(fh, **arrays)
+    results.write_chunk(workdir, _result(1, 6, 2, ("sum", "mean")))
+    assert results.committed(workdir) == {0, 1}
+    assert results.is_committed(workdir, 0) and not results.is_committed(workdir, 2)
+    back = results.read_chunk(workdir, 0)
+    assert (back.start, back.stop, back.meta) == (old.start, old.stop, old.meta)
+    for s in ("sum", "mean"):
+        assert back.stats[s].tobytes() == old.stats[s].tobytes()
+    with pytest.raises(FileNotFoundError):
+        results.read_chunk(workdir, 2)
