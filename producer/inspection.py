@@ -100,9 +100,11 @@ def render(report: dict[str, Any]) -> list[str]:
     if p.get("note"):
         lines.append(f"note: {p['note']}")
     live = p.get("live_processes")
-    lines.append(
-        f"(tasks sized for {live} live worker processes, as a submit now would)"
-        if live is not None
-        else "(Redis did not answer: tasks sized for one worker process)"
-    )
+    if live is None:
+        lines.append("(Redis did not answer: tasks sized for one worker process)")
+    elif live == 0:
+        lines.append("(no worker is running: tasks sized for one process, as a submit now would)")
+    else:
+        plural = "es" if live > 1 else ""
+        lines.append(f"(tasks sized for {live} live worker process{plural}, as a submit now would)")
     return lines
