@@ -10,7 +10,7 @@ from typing import Any
 from .config import Settings
 from .errors import UserError
 from .inputs import describe, list_datasets, open_h5
-from .plan import plan, task_bytes_for
+from .plan import plan
 from .sources import resolve_inputs
 
 
@@ -44,20 +44,19 @@ def inspect_file(
         out["plan_error"] = str(exc)
         return out
     src = sources[0]
-    frames = sum(s.segment.count for s in sources)
-    task_bytes = task_bytes_for(frames * src.info.frame_bytes, settings.task_bytes, processes or 1)
     # A master file resolves to one segment per linked data file: plan them all, as submit does.
     the_plan = plan(
         [s.segment for s in sources],
         [s.info.frames_per_chunk for s in sources],
         src.info.frame_bytes,
-        task_bytes,
+        settings.task_bytes,
         chunk_frames,
+        processes or 1,
     )
     sizes = [b - a for a, b in zip(the_plan.boundaries, the_plan.boundaries[1:], strict=False)]
     out["plan"] = {
         "dataset": src.info.name,
-        "frames": frames,
+        "frames": sum(s.segment.count for s in sources),
         "files": len({s.segment.path for s in sources}),
         "frame_shape": list(src.info.shape[1:]),
         "dtype": src.info.dtype,

@@ -20,9 +20,10 @@ CHUNK_SUFFIX = ".chunk"
 LEGACY_CHUNK_SUFFIX = ".npz"
 
 
-def chunk_path(workdir: str, index: int) -> str:
-    """Where chunk ``index``'s committed result lives."""
-    return os.path.join(workdir, CHUNKS_DIR, f"{index:08d}{CHUNK_SUFFIX}")
+def chunk_path(workdir: str, index: int, suffix: str = CHUNK_SUFFIX) -> str:
+    """Where chunk ``index``'s committed result lives (``LEGACY_CHUNK_SUFFIX``: where an
+    earlier version committed it)."""
+    return os.path.join(workdir, CHUNKS_DIR, f"{index:08d}{suffix}")
 
 
 def chunk_index(name: str) -> int | None:

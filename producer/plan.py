@@ -83,15 +83,22 @@ def plan(
     frame_bytes: int,
     task_bytes: int,
     chunk_frames: int | None = None,
+    processes: int | None = None,
 ) -> Plan:
-    """Boundaries for all segments; per-task size from the coarsest HDF5 chunking."""
+    """Boundaries for all segments; per-task size from the coarsest HDF5 chunking.
+
+    ``processes``: live worker processes to size the tasks for (``task_bytes_for``, with
+    ``task_bytes`` as the largest); None: tasks of ``task_bytes``.
+    """
     if chunk_frames is not None and chunk_frames < 1:
         raise ValueError("chunk size must be positive")
+    total = segments[-1].start + segments[-1].count
+    if processes is not None:
+        task_bytes = task_bytes_for(total * frame_bytes, task_bytes, processes)
     c = max(hdf5_chunk_frames) if hdf5_chunk_frames else 1
     per_task, note = frames_per_task(c, frame_bytes, task_bytes, chunk_frames)
     bounds: list[int] = []
     for seg, seg_c in zip(segments, hdf5_chunk_frames, strict=True):
         bounds.extend(split_segment(seg, per_task, seg_c))
-    total = segments[-1].start + segments[-1].count
     bounds.append(total)
     return Plan(boundaries=tuple(bounds), frames_per_task=per_task, note=note)

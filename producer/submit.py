@@ -23,7 +23,7 @@ from .constants import CHUNKS_DIR, DEFAULT_QUEUE, DEFAULT_STATS, MASK_NAME, STAT
 from .errors import OptionError, OutputError
 from .messages import JobSpec
 from .paths import check_allowed, workdir_for
-from .plan import Plan, plan, task_bytes_for
+from .plan import Plan, plan
 from .results import write_atomic
 from .selection import effective_range, parse_frames, parse_valid_range
 from .sources import Source, resolve_inputs, select
@@ -224,16 +224,18 @@ def fit_to_workers(
     process two such tasks gets smaller ones (``plan.task_bytes_for``). An explicit
     ``--chunk-frames`` stays as asked.
     """
-    spec = prepared.spec
-    size = task_bytes_for(spec.n_frames * spec.frame_bytes, settings.task_bytes, processes)
-    if chunk_frames is not None or size == settings.task_bytes:
+    if chunk_frames is not None:
         return prepared
+    spec = prepared.spec
     the_plan = plan(
         spec.segments,
         [s.info.frames_per_chunk for s in prepared.sources],
         spec.frame_bytes,
-        size,
+        settings.task_bytes,
+        processes=processes,
     )
+    if the_plan.boundaries == spec.boundaries:
+        return prepared
     spec = replace(spec, boundaries=the_plan.boundaries, chunk_frames=the_plan.frames_per_task)
     return replace(prepared, spec=spec, plan=the_plan)
 

@@ -1,4 +1,5 @@
-"""Generated files that mimic real detector layouts (Eiger master + data files, VDS, scans)."""
+"""Generated files that mimic real layouts: detectors (Eiger master + data files, VDS,
+scans) and an earlier version's committed chunk results."""
 
 from __future__ import annotations
 
@@ -10,6 +11,21 @@ import hdf5plugin
 import numpy as np
 
 DETECTOR_SPECIFIC = "/entry/instrument/detector/detectorSpecific"
+
+
+def write_legacy_chunk(
+    workdir: str, index: int, start: int, stop: int, stats: dict[str, np.ndarray], meta: dict
+) -> None:
+    """A chunk result as versions before 2026-11-27 committed it (``.npz``)."""
+    import json
+
+    from producer.paths import LEGACY_CHUNK_SUFFIX, chunk_path
+
+    arrays = {f"stat_{k}": np.ascontiguousarray(v, dtype=np.float64) for k, v in stats.items()}
+    arrays["range"] = np.array([start, stop], dtype=np.int64)
+    arrays["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
+    with open(chunk_path(workdir, index, LEGACY_CHUNK_SUFFIX), "wb") as fh:
+        np.savez(fh, **arrays)
 
 
 def write_eiger(

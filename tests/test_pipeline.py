@@ -12,6 +12,7 @@ import pytest
 
 from producer import constants as C
 from producer.samples import detector_frames, write_stack
+from tests.layouts import write_legacy_chunk
 from tests.reference import reference
 from tests.workers import WorkerProcess, run_producer, start_worker
 
@@ -184,15 +185,11 @@ def test_job_begun_before_an_upgrade_finishes(tmp_path, redis_url):
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     ref = reference(frames, labels, ("sum", "max"))
-    chunks = os.path.join(out_path + C.WORKDIR_SUFFIX, C.CHUNKS_DIR)
+    workdir = out_path + C.WORKDIR_SUFFIX
+    meta = {"worker": "old-version@host:1", "device": "cpu"}
     for index in (0, 2):  # as the earlier version wrote them
         a, b = 6 * index, 6 * index + 6
-        arrays = {f"stat_{s}": np.ascontiguousarray(ref[s][a:b]) for s in ("sum", "max")}
-        arrays["range"] = np.array([a, b], dtype=np.int64)
-        meta = {"worker": "old-version@host:1", "device": "cpu"}
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        with open(os.path.join(chunks, f"{index:08d}.npz"), "wb") as fh:
-            np.savez(fh, **arrays)
+        write_legacy_chunk(workdir, index, a, b, {s: ref[s][a:b] for s in ("sum", "max")}, meta)
     job_id = res.stdout.split()[0]
     worker = start_worker(redis_url, str(tmp_path), queue=queue)
     client = jobs.connect(redis_url)

@@ -11,6 +11,7 @@ import pytest
 from producer import results
 from producer.constants import CHUNKS_DIR
 from producer.paths import chunk_index, chunk_path
+from tests.layouts import write_legacy_chunk
 
 
 def _result(index: int, frames: int, regions: int, stats: tuple[str, ...]) -> results.ChunkResult:
@@ -95,11 +96,7 @@ def test_chunks_an_earlier_version_committed_are_read(tmp_path):
     workdir = str(tmp_path)
     os.makedirs(tmp_path / CHUNKS_DIR)
     old = _result(0, 6, 2, ("sum", "mean"))
-    arrays = {f"stat_{k}": v for k, v in old.stats.items()}
-    arrays["range"] = np.array([old.start, old.stop], dtype=np.int64)
-    arrays["meta"] = np.frombuffer(json.dumps(old.meta).encode(), dtype=np.uint8)
-    with open(os.path.join(workdir, CHUNKS_DIR, "00000000.npz"), "wb") as fh:
-        np.savez(fh, **arrays)
+    write_legacy_chunk(workdir, 0, old.start, old.stop, old.stats, old.meta)
     results.write_chunk(workdir, _result(1, 6, 2, ("sum", "mean")))
     assert results.committed(workdir) == {0, 1}
     assert results.is_committed(workdir, 0) and not results.is_committed(workdir, 2)

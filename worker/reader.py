@@ -10,9 +10,11 @@ threads outside HDF5's lock) when it applies. A contiguous dataset stored in the
 dtype is read with ``os.preadv`` at its file offset, outside HDF5 and its lock: 6 % more
 GiB/s than ``read_direct`` from the page cache with two processes (15.6 against 14.6),
 the same bytes, and a file that ends early is an error (HDF5 reads zeros there);
-anything else (virtual, external, unallocated, another byte order) goes through HDF5. With ``prefetch`` the next block is read
-into a second buffer while the caller reduces the current one: it pays where reading
-and reducing use different resources (a GPU worker), not where one core does both.
+anything else (virtual, external, unallocated, another byte order) goes through HDF5.
+
+With ``prefetch`` the next block is read into a second buffer while the caller reduces
+the current one: it pays where reading and reducing use different resources (a GPU
+worker), not where one core does both.
 """
 
 from __future__ import annotations
