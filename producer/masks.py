@@ -188,9 +188,7 @@ def _load_h5(file: str, dataset: str | None) -> tuple[np.ndarray, str]:
     """(array, dataset path) of a mask stored in HDF5; the only 2-D dataset when unnamed."""
     import h5py
 
-    from .inputs import register_filters
-
-    register_filters()  # compressed masks
+    from .inputs import missing_filters, register_filters
 
     if not os.access(file, os.R_OK):
         raise MaskError(f"mask file is not readable: {file}")
@@ -222,10 +220,20 @@ def _load_h5(file: str, dataset: str | None) -> tuple[np.ndarray, str]:
             raise MaskError(f"dataset {dataset} not found in mask file {file}")
         if not isinstance(obj, h5py.Dataset):
             raise MaskError(f"{dataset} in mask file {file} is a group, not a dataset")
-        try:
-            array = obj[()]
-        except Exception as exc:  # h5py raises OSError/RuntimeError/KeyError for bad data
-            raise MaskError(f"cannot read mask {dataset} in {file}: {exc}") from exc
+        missing = missing_filters(obj)  # registers a plugin filter the mask needs
+        if missing:
+            raise MaskError(
+                f"mask {dataset} in {file} needs a compression filter that is not available: "
+                + ", ".join(missing)
+            )
+        for last_try in (False, True):
+            try:
+                array = obj[()]
+                break
+            except Exception as exc:  # h5py raises OSError/RuntimeError/KeyError for bad data
+                # A virtual dataset's sources may need a plugin filter its layout does not name.
+                if last_try or not register_filters():
+                    raise MaskError(f"cannot read mask {dataset} in {file}: {exc}") from exc
         name = obj.name or dataset
     if not isinstance(array, np.ndarray) or array.dtype.kind not in "buif":
         raise MaskError(f"mask {dataset} in {file} is not a numeric array")

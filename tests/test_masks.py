@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 
 import h5py
+import hdf5plugin
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -48,6 +51,39 @@ def test_h5_mask_by_path_and_the_only_2d_dataset(tmp_path, region):
     assert built.n_regions == 3
     assert built.records[0]["dataset"] == "/masks/roi"
     assert built.records[0]["sha256"] == a.sha256
+
+
+_LOAD_IN_FRESH_PROCESS = """
+import sys
+from producer import masks
+a = masks.load(sys.argv[1])
+print(int(a.array.astype("int64").sum()), "hdf5plugin" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("virtual", [False, True])
+def test_compressed_h5_mask_loads_with_its_filter(tmp_path, region, virtual):
+    """A Bitshuffle-LZ4 mask loads with that one filter registered (not all of
+    hdf5plugin); a virtual one, whose layout does not name its source's filter, falls
+    back to hdf5plugin."""
+    labels, _ = region
+    kw = dict(hdf5plugin.Bitshuffle(cname="lz4"), chunks=SHAPE)
+    if virtual:
+        save_h5(tmp_path / "src.h5", "/m", labels.astype(np.uint16), **kw)
+        layout = h5py.VirtualLayout(shape=SHAPE, dtype=np.uint16)
+        layout[:] = h5py.VirtualSource("src.h5", "/m", shape=SHAPE)
+        with h5py.File(tmp_path / "m.h5", "w") as f:
+            f.create_virtual_dataset("/m", layout, fillvalue=0)
+    else:
+        save_h5(tmp_path / "m.h5", "/m", labels.astype(np.uint16), **kw)
+    out = subprocess.run(
+        [sys.executable, "-c", _LOAD_IN_FRESH_PROCESS, f"{tmp_path / 'm.h5'}:/m"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.split() == [str(int(labels.sum())), str(virtual)]
 
 
 @pytest.mark.parametrize(
