@@ -288,10 +288,16 @@ def workers(as_json: bool) -> None:
 @click.argument("input_file")
 @click.option("--dataset", default=None, help="Dataset a submit would read (default as submit).")
 @click.option("--chunk-frames", type=int, default=None, help="Frames per task, as for submit.")
+@click.option(
+    "--queue",
+    default="framestats",
+    show_default=True,
+    help="Queue a submit would use (tasks are sized for the workers taking from it).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @handle_errors
 def inspect_cmd(
-    input_file: str, dataset: str | None, chunk_frames: int | None, as_json: bool
+    input_file: str, dataset: str | None, chunk_frames: int | None, queue: str, as_json: bool
 ) -> None:
     """Datasets of INPUT_FILE (shape, dtype, chunking, filters) and the plan a submit would make."""
     from . import jobs
@@ -300,10 +306,10 @@ def inspect_cmd(
     conf = settings()
     client = jobs.connect(conf.redis_url, timeout=1.0)
     try:  # submit sizes a small job's tasks for the live workers; show the same plan
-        processes: int | None = jobs.live_processes(client, conf.worker_timeout)
+        processes: int | None = jobs.live_processes(client, conf.worker_timeout, queue=queue)
     except (jobs.exceptions(client).RedisError, OSError):
         processes = None
-    report = inspect_file(input_file, dataset, chunk_frames, conf, processes)
+    report = inspect_file(input_file, dataset, chunk_frames, conf, processes, queue)
     click.echo(json.dumps(report, indent=1) if as_json else "\n".join(render(report)))
 
 

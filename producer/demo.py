@@ -49,7 +49,7 @@ def run_demo(folder: str, frames: int, settings: Settings) -> int:
     jobs.ping(client, settings.redis_url_redacted)
     started: subprocess.Popen[bytes] | None = None
     queue = C.DEFAULT_QUEUE
-    if jobs.live_processes(client, settings.worker_timeout) == 0:
+    if jobs.live_processes(client, settings.worker_timeout, queue=queue) == 0:
         queue = f"demo-{os.getpid()}"
         log_path = os.path.join(folder, "demo-worker.log")
         click.echo(f"no worker running: starting one (log: {log_path})", err=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config import Settings
+from .constants import DEFAULT_QUEUE
 from .errors import UserError
 from .inputs import describe, list_datasets, open_h5
 from .plan import plan
@@ -20,11 +21,13 @@ def inspect_file(
     chunk_frames: int | None,
     settings: Settings,
     processes: int | None = None,
+    queue: str = DEFAULT_QUEUE,
 ) -> dict[str, Any]:
     """Datasets (shape, dtype, chunking, filters, stored size) and the submit plan, or why not.
 
-    ``processes``: live worker processes (None: Redis did not answer); ``submit`` sizes
-    the tasks of a small job for them (``plan.task_bytes_for``), and so does this plan.
+    ``processes``: live worker processes taking from ``queue`` (None: Redis did not
+    answer); ``submit`` sizes the tasks of a small job for them (``plan.task_bytes_for``),
+    and so does this plan.
     """
     datasets = []
     with open_h5(path) as f:
@@ -67,6 +70,7 @@ def inspect_file(
         "smallest_task_frames": min(sizes),
         "note": the_plan.note,
         "live_processes": processes,
+        "queue": queue,
     }
     return out
 
@@ -99,11 +103,16 @@ def render(report: dict[str, Any]) -> list[str]:
     if p.get("note"):
         lines.append(f"note: {p['note']}")
     live = p.get("live_processes")
+    on = f" on queue {p.get('queue', DEFAULT_QUEUE)}"
     if live is None:
         lines.append("(Redis did not answer: tasks sized for one worker process)")
     elif live == 0:
-        lines.append("(no worker is running: tasks sized for one process, as a submit now would)")
+        lines.append(
+            f"(no worker is running{on}: tasks sized for one process, as a submit now would)"
+        )
     else:
         plural = "es" if live > 1 else ""
-        lines.append(f"(tasks sized for {live} live worker process{plural}, as a submit now would)")
+        lines.append(
+            f"(tasks sized for {live} live worker process{plural}{on}, as a submit now would)"
+        )
     return lines

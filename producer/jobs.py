@@ -77,10 +77,26 @@ def ping(client: Client, url_redacted: str) -> None:
         raise BrokerUnavailable(url_redacted, str(exc)) from exc
 
 
-def live_processes(client: Client, worker_timeout: float, now: float | None = None) -> int:
-    """Worker processes whose heartbeat is younger than ``worker_timeout`` seconds."""
+def live_processes(
+    client: Client, worker_timeout: float, now: float | None = None, queue: str | None = None
+) -> int:
+    """Worker processes whose heartbeat is younger than ``worker_timeout`` seconds; with
+    ``queue``, only those taking chunks from it (and those that do not say which they take).
+    """
     now = time.time() if now is None else now
-    return int(client.zcount(C.WORKERS_INDEX, now - worker_timeout, "+inf"))
+    if queue is None:
+        return int(client.zcount(C.WORKERS_INDEX, now - worker_timeout, "+inf"))
+    ids = client.zrangebyscore(C.WORKERS_INDEX, now - worker_timeout, "+inf")
+    if not ids:
+        return 0
+    pipe = client.pipeline(transaction=False)
+    for worker_id in ids:
+        pipe.hmget(C.worker_key(worker_id), "id", "queues")
+    count = 0
+    for found, queues in pipe.execute():
+        if found is not None and (not queues or queue in queues.split(",")):
+            count += 1
+    return count
 
 
 def create(client: Client, spec: JobSpec, pending: Iterable[int], done: Iterable[int] = ()) -> None:

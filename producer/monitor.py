@@ -301,6 +301,7 @@ def summarize_worker(data: dict[str, str], now: float) -> dict[str, Any]:
         "host": data.get("host", ""),
         "pid": _i(data.get("pid")),
         "device": data.get("device", ""),
+        "queues": [q for q in data.get("queues", "").split(",") if q],
         "current": data.get("current", ""),
         "chunks_done": _i(data.get("chunks_done")),
         "frames_done": frames,
@@ -542,13 +543,14 @@ def render_job(d: dict[str, Any]) -> list[str]:
 
 def render_workers(rows: list[dict[str, Any]], now: float) -> list[str]:
     lines = [
-        f"{'WORKER':<28} {'HOST':<14} {'PID':>7} {'DEVICE':<22} {'CHUNKS':>7} "
+        f"{'WORKER':<28} {'HOST':<14} {'PID':>7} {'DEVICE':<22} {'QUEUES':<14} {'CHUNKS':>7} "
         f"{'FRAMES/S':>10} {'MB/S':>8} {'BEAT':>6}  CURRENT"
     ]
     for w in rows:
         age = "-" if w["heartbeat_age_s"] is None else f"{w['heartbeat_age_s']:.0f}s"
+        queues = ",".join(w.get("queues") or []) or "-"
         lines.append(
-            f"{w['name']:<28} {w['host']:<14} {w['pid']:>7} {w['device']:<22} "
+            f"{w['name']:<28} {w['host']:<14} {w['pid']:>7} {w['device']:<22} {queues:<14} "
             f"{w['chunks_done']:>7} {w['frames_per_s']:>10,.0f} {w['bytes_per_s'] / 1e6:>8,.1f} "
             f"{age:>6}  {w['current'] or '-'}"
         )

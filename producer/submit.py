@@ -245,7 +245,7 @@ def submit(request: SubmitRequest, settings: Settings) -> Prepared:
     prepared = prepare(request, settings)
     client = jobs.connect(settings.redis_url)
     jobs.ping(client, settings.redis_url_redacted)
-    live = jobs.live_processes(client, settings.worker_timeout)
+    live = jobs.live_processes(client, settings.worker_timeout, queue=prepared.spec.queue)
     prepared = fit_to_workers(prepared, settings, live, request.chunk_frames)
     spec = prepared.spec
     write_workdir(spec, prepared.labels, replace=request.overwrite)

@@ -226,6 +226,7 @@ def test_workers_show_heartbeats_counters_and_throughput(flow, redis_url):
     for w in rows:
         assert w["host"] == socket.gethostname()
         assert w["device"] == "cpu"
+        assert w["queues"] == [worker.queue]  # what submit sizes a job's tasks by
         assert w["heartbeat_age_s"] < float(FAST_ENV["FRAMESTATS_WORKER_TIMEOUT"])
         if w["chunks_done"]:
             assert w["frames_per_s"] > 0 and w["bytes_per_s"] == pytest.approx(

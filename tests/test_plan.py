@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import time
+import uuid
 
 import h5py
 import numpy as np
@@ -93,6 +95,44 @@ def test_live_processes_are_those_with_a_recent_heartbeat(redis_client):
         redis_client.zrem(C.WORKERS_INDEX, *fresh, *stale)
 
 
+def test_live_processes_on_a_queue_are_those_taking_from_it(redis_client):
+    """A job's tasks are sized for the workers of its queue: a worker that says which
+    queues it takes counts for those only, one that does not say counts for every queue,
+    and an index member whose record expired counts for none."""
+    from producer import constants as C
+    from producer import jobs
+
+    now = 1_000_000.0
+    tag = uuid.uuid4().hex[:8]
+    gpu, cpu = f"gpu-{tag}", f"cpu-{tag}"
+    records = {
+        f"test-plan-{tag}:1": gpu,
+        f"test-plan-{tag}:2": f"{cpu},{gpu}",
+        f"test-plan-{tag}:3": cpu,
+        f"test-plan-{tag}:4": "",  # an older worker: queues not recorded
+        f"test-plan-{tag}:5": None,  # its record expired
+    }
+
+    def counts() -> tuple[int, int, int]:
+        return (
+            jobs.live_processes(redis_client, 30, now=now, queue=gpu),
+            jobs.live_processes(redis_client, 30, now=now, queue=cpu),
+            jobs.live_processes(redis_client, 30, now=now, queue=f"none-{tag}"),
+        )
+
+    before = counts()  # real workers that record no queues count everywhere
+    redis_client.zadd(C.WORKERS_INDEX, dict.fromkeys(records, now - 1))
+    for worker_id, queues in records.items():
+        if queues is not None:
+            redis_client.hset(C.worker_key(worker_id), mapping={"id": worker_id, "queues": queues})
+    try:
+        after = counts()
+        assert tuple(a - b for a, b in zip(after, before, strict=True)) == (3, 3, 1)
+    finally:
+        redis_client.zrem(C.WORKERS_INDEX, *records)
+        redis_client.delete(*(C.worker_key(w) for w in records))
+
+
 @pytest.mark.parametrize("processes", [None, 1, 5])
 def test_inspect_plans_what_submit_queues(stack, processes):
     from producer.inspection import inspect_file
@@ -111,6 +151,7 @@ def test_inspect_plans_what_submit_queues(stack, processes):
 def test_inspect_names_the_workers_it_planned_for(tmp_path, redis_url, redis_client):
     from click.testing import CliRunner
 
+    from producer import constants as C
     from producer import jobs
     from producer.cli import cli
 
@@ -118,17 +159,37 @@ def test_inspect_names_the_workers_it_planned_for(tmp_path, redis_url, redis_cli
     with h5py.File(path, "w") as f:
         f.create_dataset("data", shape=(8, 32, 32), dtype="u2")
     timeout = Settings.from_env().worker_timeout
-    before = jobs.live_processes(redis_client, timeout)
+    default = C.DEFAULT_QUEUE
+    before = jobs.live_processes(redis_client, timeout, queue=default)
     res = CliRunner().invoke(cli, ["inspect", path], env={"REDIS_URL": redis_url})
-    after = jobs.live_processes(redis_client, timeout)  # a stale beat may age out meanwhile
+    after = jobs.live_processes(redis_client, timeout, queue=default)  # a beat may age out
     assert res.exit_code == 0, res.output
 
-    def says(live: int) -> str:
+    def says(live: int, on: str = "") -> str:
         if live == 0:
-            return "no worker is running: tasks sized for one process"
-        return f"tasks sized for {live} live worker process{'es' if live > 1 else ''},"
+            return f"no worker is running{on}: tasks sized for one process"
+        return f"tasks sized for {live} live worker process{'es' if live > 1 else ''}{on},"
 
-    assert says(before) in res.output or says(after) in res.output, res.output
+    on = f" on queue {default}"
+    assert says(before, on) in res.output or says(after, on) in res.output, res.output
+    # Two live workers take from another queue: a submit there sizes for them.
+    queue = f"inspect-{uuid.uuid4().hex[:8]}"
+    fake = [f"test-inspect-{queue}:{i}" for i in range(2)]
+    redis_client.zadd(C.WORKERS_INDEX, dict.fromkeys(fake, time.time()))
+    for worker_id in fake:
+        redis_client.hset(C.worker_key(worker_id), mapping={"id": worker_id, "queues": queue})
+    try:
+        res = CliRunner().invoke(
+            cli, ["inspect", path, "--queue", queue], env={"REDIS_URL": redis_url}
+        )
+        assert says(2, f" on queue {queue}") in res.output, res.output
+        res = CliRunner().invoke(
+            cli, ["inspect", path, "--queue", f"{queue}-x"], env={"REDIS_URL": redis_url}
+        )
+        assert says(0, f" on queue {queue}-x") in res.output, res.output
+    finally:
+        redis_client.zrem(C.WORKERS_INDEX, *fake)
+        redis_client.delete(*(C.worker_key(w) for w in fake))
     res = CliRunner().invoke(cli, ["inspect", path], env={"REDIS_URL": "redis://127.0.0.1:1/0"})
     assert res.exit_code == 0, res.output
     assert "Redis did not answer: tasks sized for one worker process" in res.output

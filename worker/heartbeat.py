@@ -10,6 +10,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -20,7 +21,9 @@ from producer import constants as C
 class Heartbeat:
     """One worker process's record: identity, device, counters, current chunk."""
 
-    def __init__(self, client: Any, node: str, device: str, timeout: float) -> None:
+    def __init__(
+        self, client: Any, node: str, device: str, timeout: float, queues: Sequence[str] = ()
+    ) -> None:
         self.client = client
         self.node = node
         self.pid = os.getpid()
@@ -37,6 +40,8 @@ class Heartbeat:
             "host": self.host,
             "pid": self.pid,
             "device": device,
+            #: Queues this process takes chunks from ("": not known, counted for every queue).
+            "queues": ",".join(queues),
             "started": time.time(),
             "chunks_done": 0,
             "frames_done": 0,

@@ -70,6 +70,7 @@ def runtime(node: str | None = None) -> Runtime:
             node or os.environ.get("FRAMESTATS_NODE", "worker"),
             label,
             settings.worker_timeout,
+            consumed_queues(),
         )
         _runtime = Runtime(
             settings, client, JobCache(settings.data_root, str(device)), hb, str(device)
@@ -82,6 +83,15 @@ def runtime(node: str | None = None) -> Runtime:
             lambda manifest, job_id: load_spec(manifest, job_id, settings.data_root),
         ).start()
     return _runtime
+
+
+def consumed_queues() -> list[str]:
+    """The queues this worker node consumes (``--queues``; the pool inherits the node's
+    selection), or [] outside a worker."""
+    try:
+        return sorted((app.amqp.queues.consume_from or {}).keys())
+    except AttributeError:
+        return []
 
 
 @worker_process_init.connect
