@@ -168,6 +168,13 @@ def submit(
         f"({spec.n_frames} frames, {spec.n_regions} regions) -> {spec.output}",
         err=True,
     )
+    if prepared.live_processes == 0:
+        click.echo(
+            f"note: no live worker takes from queue {spec.queue}; "
+            "the chunks wait until one does (start one with: worker --queues "
+            f"{spec.queue})",
+            err=True,
+        )
     if wait:
         sys.exit(_wait(cfg, spec.job_id, spec.output))
 

@@ -72,10 +72,17 @@ class FramestatsCollector(Collector):
             "Messages per queue: waiting in the queue, or reserved (taken by a worker, not acked)",
             labels=["queue", "state"],
         )
+        takers = GaugeMetricFamily(
+            "framestats_queue_workers",
+            "Live worker processes taking chunks from each queue",
+            labels=["queue"],
+        )
         for queue, d in view["queues"].items():
             depth.add_metric([queue, "waiting"], d["waiting"])
             depth.add_metric([queue, "reserved"], d["reserved"])
+            takers.add_metric([queue], d.get("workers", 0))
         yield depth
+        yield takers
 
     @staticmethod
     def _jobs(view: dict[str, Any]) -> Iterator[Metric]:

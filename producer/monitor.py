@@ -390,7 +390,11 @@ def overview(
     worker_rows = sorted(
         (summarize_worker(d, now) for d in raw[pos:] if d), key=lambda r: (r["name"], r["pid"])
     )
+    for w in worker_rows:
+        active_queues.update(w["queues"])
     depths = queue_depths(client, active_queues, unacked)
+    for q, d in depths.items():  # a worker that names no queues (an older one) takes any
+        d["workers"] = sum(1 for w in worker_rows if not w["queues"] or q in w["queues"])
     return {
         "time": now,
         "jobs": rows,
@@ -473,13 +477,22 @@ def render_overview(view: dict[str, Any]) -> list[str]:
     counts = ", ".join(f"{n} {s}" for s, n in view["jobs_by_state"].items() if n)
     lines.append(f"jobs: {view['jobs_total']} ({counts or 'none'})")
     queues = "; ".join(
-        f"{q}: {d['waiting']} waiting, {d['reserved']} reserved" for q, d in view["queues"].items()
+        f"{q}: {d['waiting']} waiting, {d['reserved']} reserved, {_takers(d)}"
+        for q, d in view["queues"].items()
     )
     lines.append(f"queues: {queues or 'none'}")
     nodes = Counter(w["name"] for w in view["workers"])
     node_text = ", ".join(f"{n} ({k} processes)" for n, k in sorted(nodes.items()))
     lines.append(f"workers: {view['workers_online']} online" + (f": {node_text}" if nodes else ""))
     return lines
+
+
+def _takers(depth: dict[str, int]) -> str:
+    """A queue's live worker processes, flagged when messages wait and none takes them."""
+    n = depth.get("workers", 0)
+    if n:
+        return f"{n} worker process{'es' if n > 1 else ''}"
+    return "NO worker takes from it" if depth["waiting"] or depth["reserved"] else "no worker"
 
 
 def render_job(d: dict[str, Any]) -> list[str]:

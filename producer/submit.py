@@ -60,6 +60,8 @@ class Prepared:
     labels: np.ndarray
     plan: Plan
     sources: list[Source]
+    #: Live worker processes taking from the job's queue when it was queued (None: not counted).
+    live_processes: int | None = None
 
 
 def parse_stats(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -246,7 +248,9 @@ def submit(request: SubmitRequest, settings: Settings) -> Prepared:
     client = jobs.connect(settings.redis_url)
     jobs.ping(client, settings.redis_url_redacted)
     live = jobs.live_processes(client, settings.worker_timeout, queue=prepared.spec.queue)
-    prepared = fit_to_workers(prepared, settings, live, request.chunk_frames)
+    prepared = replace(
+        fit_to_workers(prepared, settings, live, request.chunk_frames), live_processes=live
+    )
     spec = prepared.spec
     write_workdir(spec, prepared.labels, replace=request.overwrite)
     enqueue(spec, settings, client, range(spec.n_chunks))

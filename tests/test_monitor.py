@@ -71,6 +71,11 @@ def submit(redis_url: str, data: str, mask: str, out: str, queue: str, *extra: s
     return ok(res).strip().splitlines()[0]
 
 
+def drained(depth: dict[str, int]) -> bool:
+    """No message of the queue waits or is reserved."""
+    return depth["waiting"] == 0 and depth["reserved"] == 0
+
+
 def committed_files(out: str) -> set[str]:
     folder = os.path.join(out + C.WORKDIR_SUFFIX, C.CHUNKS_DIR)
     return (
@@ -107,19 +112,24 @@ def flow(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
     snap: dict[str, Any] = {"tmp": tmp, "data": data, "mask": str(tmp / "m.npy"), "out": out}
     snap["frames"], snap["labels"], snap["queue"] = frames, labels, queue
     snap["inspect"] = as_json(redis_url, "inspect", data, "--chunk-frames", str(TASK_FRAMES))
-    job_id = submit(
+    res = run_producer(
         redis_url,
+        "submit",
         data,
+        "--mask",
         snap["mask"],
+        "--output",
         out,
+        "--queue",
         queue,
         "--chunk-frames",
         str(TASK_FRAMES),
         "--stats",
         "sum,mean,max",
-        FRAMESTATS_WINDOW=5,
+        env={"FRAMESTATS_WINDOW": 5},
     )
-    snap["job_id"] = job_id
+    job_id = ok(res).strip().splitlines()[0]
+    snap["job_id"], snap["submit_stderr"] = job_id, res.stderr
     snap["queued_job"] = as_json(redis_url, "status", job_id)
     snap["queued_all"] = as_json(redis_url, "status")
     snap["queued_text"] = ok(run_producer(redis_url, "status"))
@@ -171,11 +181,14 @@ def test_status_of_a_queued_job(flow):
     assert job["parameters"]["chunk_frames"] == TASK_FRAMES
     assert job["parameters"]["stats"] == "sum,mean,max"
     overview = flow["queued_all"]
-    assert overview["queues"][flow["queue"]] == {"waiting": 5, "reserved": 0}
+    assert overview["queues"][flow["queue"]] == {"waiting": 5, "reserved": 0, "workers": 0}
     row = next(r for r in overview["jobs"] if r["id"] == flow["job_id"])
     assert row["state"] == "queued" and row["chunks_done"] == 0
     assert overview["jobs_by_state"]["queued"] >= 1
-    assert flow["job_id"] in flow["queued_text"] and "5 waiting" in flow["queued_text"]
+    assert flow["job_id"] in flow["queued_text"]
+    assert f"{flow['queue']}: 5 waiting, 0 reserved, NO worker takes from it" in flow["queued_text"]
+    # The submit itself said so: a mistyped queue is not a silent wait.
+    assert f"note: no live worker takes from queue {flow['queue']};" in flow["submit_stderr"]
 
 
 def test_watch_shows_progress_to_the_end(flow):
@@ -202,7 +215,7 @@ def test_status_of_a_done_job_matches_its_true_state(flow, redis_url):
     assert {int(w["worker"].rsplit(":", 1)[1]) for w in job["workers"]} <= pids
     assert job["errors_total"] == 0 and job["running_on"] == []
     overview = flow["done_all"]
-    assert overview["queues"][flow["queue"]] == {"waiting": 0, "reserved": 0}
+    assert overview["queues"][flow["queue"]] == {"waiting": 0, "reserved": 0, "workers": 2}
     row = next(r for r in overview["jobs"] if r["id"] == flow["job_id"])
     assert row["state"] == "done" and row["chunks_done"] == row["chunks_total"] == 10
     assert "done" in flow["done_text"] and f"{N_FRAMES}/{N_FRAMES} frames" in flow["done_text"]
@@ -271,6 +284,7 @@ def check_metrics(families: dict[str, list[Any]], flow: dict[str, Any], client: 
     assert value(families, "framestats_up") == 1
     assert value(families, "framestats_queue_messages", queue=queue, state="waiting") == 0
     assert value(families, "framestats_queue_messages", queue=queue, state="reserved") == 0
+    assert value(families, "framestats_queue_workers", queue=queue) == 2
     states = [client.hget(C.job_key(i), "state") for i in client.zrange(C.JOBS_INDEX, 0, -1)]
     assert value(families, "framestats_jobs", state="done") == states.count("done")
     totals = client.hgetall(C.METRICS_KEY)
@@ -403,7 +417,7 @@ def test_cancel_computes_no_queued_chunk(redis_url, tmp_path):
     try:
         worker.wait_ready(client)
         wait_for(
-            lambda: as_json(redis_url, "status")["queues"][queue] == {"waiting": 0, "reserved": 0},
+            lambda: drained(as_json(redis_url, "status")["queues"][queue]),
             60,
             "the cancelled job's tasks to be taken off the queue",
             interval=0.3,
@@ -438,7 +452,7 @@ def test_cancel_while_running_lets_only_running_chunks_finish(redis_url, tmp_pat
         ok(run_producer(redis_url, "cancel", job_id))
         at_cancel = committed_files(out)
         wait_for(
-            lambda: as_json(redis_url, "status")["queues"][queue] == {"waiting": 0, "reserved": 0},
+            lambda: drained(as_json(redis_url, "status")["queues"][queue]),
             60,
             "the queue to drain",
             interval=0.3,
