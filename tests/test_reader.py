@@ -13,6 +13,7 @@ import pytest
 from producer.errors import TransientChunkError
 from producer.messages import JobSpec, Segment
 from producer.samples import detector_frames
+from worker import decode
 from worker.decode import ChunkDecoder
 from worker.reader import FrameReader
 
@@ -327,8 +328,67 @@ def test_userblock_and_unwritten_chunks(tmp_path, filters, threads):
         (decoder,) = reader._decoders.values()
         if not decoded(filters):
             return
-        # Several threads read raw chunks by file offset (pread), checked against HDF5.
-        assert decoder is not None and (decoder._index is not None) == (threads > 1)
+        # Raw chunks are read by file offset (pread, checked against HDF5) by several
+        # threads, or by the compiled Bitshuffle runs.
+        runs = filters is BSLZ4 and decode.numba is not None
+        assert decoder is not None and (decoder._index is not None) == (threads > 1 or runs)
+        assert (decoder._runs is not None) == runs
+    finally:
+        reader.close()
+
+
+@pytest.mark.skipif(decode.numba is None, reason="compiled runs need numba")
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("filters", [BSLZ4, BSZSTD], ids=["bslz4", "bszstd"])
+def test_bitshuffle_runs_decode_whole_chunks_and_hand_on_the_rest(
+    tmp_path, monkeypatch, filters, threads
+):
+    """Whole chunks are decoded by the compiled loop; a partial one, an unwritten one and
+    one HDF5 stored unfiltered each go the per-chunk way, and every frame equals HDF5's
+    (corrupt chunks: ``test_corrupt_chunk_is_an_error_not_wrong_data``)."""
+    frames = detector_frames(20, 16, 16, seed=12)
+    path = str(tmp_path / "r.h5")
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset(
+            DSET, shape=frames.shape, dtype=frames.dtype, chunks=(2, 16, 16), **filters
+        )
+        d[0:10] = frames[0:10]  # chunks 0-4; 5 and 6 (frames 10-13) never written
+        d[14:20] = frames[14:20]  # chunks 7-9
+        d.id.write_direct_chunk((16, 0, 0), frames[16:18].tobytes(), filter_mask=1)  # chunk 8
+    with h5py.File(path, "r") as f:
+        want = f[DSET][()]
+    spec = spec_for([Segment(path, DSET, 0, 20)], (16, 16), "uint16")
+    per_chunk: list[int] = []
+    original = ChunkDecoder._decode_chunk
+
+    def spy(self, chunk, lo, hi, out):
+        per_chunk.append(chunk)
+        return original(self, chunk, lo, hi, out)
+
+    monkeypatch.setattr(ChunkDecoder, "_decode_chunk", spy)
+    reader = FrameReader(spec, block_bytes=20 * 16 * 16 * 2, decode_threads=threads)
+    try:
+        np.testing.assert_array_equal(read_all(reader, 0, 20, (16, 16)), want)
+        assert sorted(per_chunk) == [5, 6, 8], "only the odd chunks go one by one"
+        per_chunk.clear()
+        np.testing.assert_array_equal(read_all(reader, 1, 19, (16, 16)), want[1:19])
+        assert sorted(per_chunk) == [0, 5, 6, 8, 9], "and partial ones at both ends"
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize("filters", [BSLZ4, BSZSTD], ids=["bslz4", "bszstd"])
+def test_bitshuffle_without_compiled_runs_reads_the_same(tmp_path, monkeypatch, filters):
+    """Where numba (or libc's pread) is missing, chunks are decoded one by one."""
+    frames = detector_frames(10, 16, 16, seed=13)
+    path = make_file(tmp_path / "n.h5", frames, 2, **filters)
+    monkeypatch.setattr(decode, "_run_functions_for", lambda codec: None)
+    spec = spec_for([Segment(path, DSET, 0, 10)], (16, 16), "uint16")
+    reader = FrameReader(spec, decode_threads=1)
+    try:
+        np.testing.assert_array_equal(read_all(reader, 1, 10, (16, 16)), frames[1:10])
+        (decoder,) = reader._decoders.values()
+        assert decoder is not None and decoder._runs is None and decoder._index is None
     finally:
         reader.close()
 

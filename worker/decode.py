@@ -13,6 +13,14 @@ several chunks at once, straight into the caller's buffer:
   package, ~3x zlib's speed, checks the Adler-32), then the shuffle undone with two
   to eight vectorised passes over the chunk while it is in cache.
 
+Bitshuffle chunks that lie whole in the caller's buffer are read (``pread`` at the
+offsets HDF5 reports) and decoded in runs by one compiled loop (numba, ``nogil``) that
+calls both C functions itself: one GIL release per run instead of three per chunk. That
+takes ~15 us of Python off each 512x512 chunk (192 -> 178 us in one thread) and lets
+many threads decode without waiting on each other for the GIL. A chunk the loop cannot
+take (unwritten, filter skipped, larger than the buffer, a bad header, a decode error)
+ends its run and goes the per-chunk way described next.
+
 Only what is certain to give the same bytes as HDF5 is taken: exactly these filter
 pipelines, chunks that hold whole frames, native little-endian order. Anything else
 (``ChunkDecoder.for_dataset`` returns None) is read by h5py as before, and a chunk that
@@ -27,9 +35,15 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import h5py
 import numpy as np
+
+try:
+    import numba
+except ImportError:  # pragma: no cover - exercised where numba is missing
+    numba = None  # type: ignore[assignment]
 
 #: HDF5 filter ids: deflate (gzip), byte shuffle, bitshuffle.
 DEFLATE_ID = 1
@@ -70,6 +84,82 @@ def _library() -> ctypes.CDLL | None:
                 return None
             _lib = lib
         return _lib
+
+
+#: (pread, bshuf_decompress_*) as ctypes functions numba can call, by codec; None: not here.
+_run_functions: dict[int, tuple[Any, Any] | None] = {}
+
+
+def _run_functions_for(codec: int) -> tuple[Any, Any] | None:
+    """libc's ``pread`` and bitshuffle's decoder with integer arguments (numba passes
+    addresses as integers), or None where runs cannot be decoded in compiled code."""
+    with _lib_lock:
+        if codec in _run_functions:
+            return _run_functions[codec]
+    found = None
+    lib = _library()
+    if (
+        numba is not None
+        and lib is not None
+        and sys.platform.startswith("linux")
+        and ctypes.sizeof(ctypes.c_void_p) == 8
+    ):
+        try:
+            # Second handles: their function objects get their own argument types.
+            decode = getattr(
+                ctypes.CDLL(lib._name),
+                "bshuf_decompress_lz4" if codec == BSHUF_LZ4 else "bshuf_decompress_zstd",
+            )
+            decode.restype = ctypes.c_int64
+            decode.argtypes = [ctypes.c_uint64] * 5
+            pread = ctypes.CDLL(None).pread
+            pread.restype = ctypes.c_int64
+            pread.argtypes = [ctypes.c_int32, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int64]
+            found = (pread, decode)
+        except (OSError, AttributeError):
+            found = None
+    with _lib_lock:
+        _run_functions[codec] = found
+    return found
+
+
+if numba is not None:
+
+    @numba.njit(nogil=True, cache=True)
+    def _read_decode_run(  # type: ignore[no-untyped-def]
+        pread, decode, fd, offsets, sizes, masks, first, count, raw, dest_at, chunk_bytes, elem_size
+    ):
+        """Chunks ``first .. first + count - 1``, read at their file offsets into ``raw``
+        and decoded to address ``dest_at`` (chunk i of the run at byte i * chunk_bytes);
+        returns how many were done before one this loop does not take (the caller takes it).
+        """
+        raw_at = raw.ctypes.data
+        for i in range(count):
+            k = first + i
+            offset = offsets[k]
+            size = sizes[k]
+            if offset < 0 or masks[k] != 0 or size < HEADER or size > raw.shape[0]:
+                return i
+            if pread(fd, raw_at, size, offset) != size:
+                return i
+            nbytes = 0
+            for j in range(8):
+                nbytes = (nbytes << 8) | raw[j]
+            block = 0
+            for j in range(8, 12):
+                block = (block << 8) | raw[j]
+            if nbytes != chunk_bytes:
+                return i
+            got = decode(
+                raw_at + HEADER,
+                dest_at + i * chunk_bytes,
+                nbytes // elem_size,
+                elem_size,
+                block // elem_size,
+            )
+            if got < 0 or HEADER + got > size:
+                return i
+        return count
 
 
 def default_threads() -> int:
@@ -135,6 +225,17 @@ def _deflate(shuffle: bool, itemsize: int, chunk_bytes: int) -> Decode | None:
     return decode
 
 
+def _bitshuffle_run_functions(dset: h5py.Dataset) -> tuple[Any, Any] | None:
+    """What ``_read_decode_run`` needs for a Bitshuffle-LZ4/Zstd dataset, else None."""
+    plist = dset.id.get_create_plist()
+    if plist.get_nfilters() != 1:
+        return None
+    code, _flags, values, _name = plist.get_filter(0)
+    if code != BSHUF_ID or len(values) < 5 or values[4] not in (BSHUF_LZ4, BSHUF_ZSTD):
+        return None
+    return _run_functions_for(int(values[4]))
+
+
 def _decoder_for(dset: h5py.Dataset, chunk_bytes: int) -> Decode | None:
     """The decode function for ``dset``'s filter pipeline, or None when not one of ours."""
     plist = dset.id.get_create_plist()
@@ -156,18 +257,28 @@ def _decoder_for(dset: h5py.Dataset, chunk_bytes: int) -> Decode | None:
 class ChunkDecoder:
     """Reads frames of one chunked, compressed dataset by decoding its chunks in threads."""
 
-    def __init__(self, dset: h5py.Dataset, decode: Decode, threads: int) -> None:
+    def __init__(
+        self,
+        dset: h5py.Dataset,
+        decode: Decode,
+        threads: int,
+        run_functions: tuple[Any, Any] | None = None,
+    ) -> None:
         self.dset = dset
         self.per_chunk = int(dset.chunks[0])
         self.n_frames = int(dset.shape[0])
-        self.chunk_bytes = int(np.prod(dset.chunks)) * dset.dtype.itemsize
+        self.itemsize = dset.dtype.itemsize
+        self.chunk_bytes = int(np.prod(dset.chunks)) * self.itemsize
         self._decode = decode
         # Raw chunks are at most a little larger than the data (incompressible blocks).
         self._raw_bytes = self.chunk_bytes + self.chunk_bytes // 64 + 4096
         self._local = threading.local()
         self.threads = max(1, threads)
         self._pool = ThreadPoolExecutor(self.threads, "decode") if self.threads > 1 else None
-        self._index = _ChunkIndex.build(dset, self.per_chunk) if self.threads > 1 else None
+        index = self.threads > 1 or run_functions is not None
+        self._index = _ChunkIndex.build(dset, self.per_chunk) if index else None
+        #: (pread, decoder) for ``_read_decode_run``; None: chunk by chunk only.
+        self._runs = run_functions if self._index is not None else None
 
     @classmethod
     def for_dataset(cls, dset: h5py.Dataset, threads: int) -> ChunkDecoder | None:
@@ -180,7 +291,9 @@ class ChunkDecoder:
         if not dset.dtype.isnative or not little or dset.dtype.kind not in "uif":
             return None
         decode = _decoder_for(dset, int(np.prod(dset.chunks)) * dset.dtype.itemsize)
-        return None if decode is None else cls(dset, decode, threads)
+        if decode is None:
+            return None
+        return cls(dset, decode, threads, _bitshuffle_run_functions(dset))
 
     def _raw(self) -> np.ndarray:
         buf = getattr(self._local, "raw", None)
@@ -265,8 +378,50 @@ class ChunkDecoder:
             f.result()
 
     def _decode_many(self, jobs: list[tuple[int, int, int, np.ndarray]]) -> None:
-        for job in jobs:
-            self._decode_chunk(*job)
+        i = 0
+        while i < len(jobs):
+            done = self._decode_run(jobs, i)
+            if done:
+                i += done
+                continue
+            self._decode_chunk(*jobs[i])  # partial, or one the compiled loop does not take
+            i += 1
+
+    def _decode_run(self, jobs: list[tuple[int, int, int, np.ndarray]], i: int) -> int:
+        """Decode the run of whole chunks starting at ``jobs[i]`` in compiled code; returns
+        how many jobs it did (0: ``jobs[i]`` is not one it takes)."""
+        if self._runs is None or self._index is None:
+            return 0
+        end = i
+        while end < len(jobs) and jobs[end][1] == 0 and jobs[end][2] == self.per_chunk:
+            end += 1
+        if end == i:
+            return 0
+        # Whole chunks in order fill consecutive frames of the caller's contiguous buffer.
+        first_dest, last_dest = jobs[i][3], jobs[end - 1][3]
+        if not (first_dest.flags.c_contiguous and last_dest.flags.c_contiguous):
+            return 0
+        dest_at = first_dest.ctypes.data
+        if last_dest.ctypes.data + last_dest.nbytes - dest_at != (end - i) * self.chunk_bytes:
+            return 0
+        pread, decode = self._runs
+        index = self._index
+        return int(
+            _read_decode_run(
+                pread,
+                decode,
+                index.fd,
+                index.offsets,
+                index.sizes,
+                index.masks,
+                jobs[i][0],
+                end - i,
+                self._raw(),
+                dest_at,
+                self.chunk_bytes,
+                self.itemsize,
+            )
+        )
 
     def close(self) -> None:
         if self._pool is not None:
