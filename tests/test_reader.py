@@ -510,3 +510,25 @@ def test_readers_share_the_process_buffers_one_at_a_time(tmp_path, prefetch):
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.parametrize(("given", "want"), [(None, "1"), ("3", "3")])
+def test_worker_processes_run_one_openmp_thread_unless_told(given, want):
+    """The worker's own processes and decode threads are its parallelism: an OpenMP
+    build of the filters (the Docker image's) gets one thread per call, unless the
+    environment says otherwise."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if given is not None:
+        env["OMP_NUM_THREADS"] = given
+    out = subprocess.run(
+        [sys.executable, "-c", "import os, worker.app; print(os.environ['OMP_NUM_THREADS'])"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.strip() == want

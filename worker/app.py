@@ -6,6 +6,7 @@ the worker at start.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -14,6 +15,13 @@ from celery.signals import worker_init
 from producer.broker import check_safe, make_app
 from producer.config import Settings
 from producer.errors import ConfigError
+
+# The worker parallelises on its own: a process per core, or decode threads on every
+# core in a GPU worker. An hdf5plugin built with OpenMP (the Docker image's) would also
+# start a team of all cores inside each Bitshuffle decode call of each of those: N x N
+# threads. Set before the filters and torch load OpenMP (no import above does); an
+# explicit value is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 settings = Settings.from_env()
 app = make_app(settings, include=["worker.tasks"])
