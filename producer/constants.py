@@ -113,3 +113,14 @@ def job_keys(job_id: str) -> list[str]:
 def worker_key(worker_id: str) -> str:
     """Hash with one worker process's heartbeat and counters (expires when it stops)."""
     return f"{KEY_PREFIX}worker:{worker_id}"
+
+
+def worker_queues(field: str | None) -> list[str]:
+    """The queues a heartbeat's ``queues`` field names (comma-separated; empty: not said)."""
+    return [q for q in (field or "").split(",") if q]
+
+
+def takes_from(queues: list[str], queue: str) -> bool:
+    """Whether a worker taking from ``queues`` takes from ``queue``; one that does not say
+    (an older worker) counts for every queue."""
+    return not queues or queue in queues

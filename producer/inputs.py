@@ -9,14 +9,17 @@ import ctypes
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import h5py
 import numpy as np
 
 from .constants import NEXUS_DATASET
 from .errors import InputError
+
+T = TypeVar("T")
 
 #: Names for the HDF5 filter ids users meet, for messages.
 FILTER_NAMES = {
@@ -164,6 +167,18 @@ def register_filters() -> bool:
     return True
 
 
+def read_with_all_filters(read: Callable[[], T]) -> T:
+    """``read()``; when it fails before all of hdf5plugin is loaded, load it and read once
+    more (a virtual dataset's sources may need a plugin filter its layout does not name).
+    The last failure propagates."""
+    try:
+        return read()
+    except Exception:  # h5py raises OSError/RuntimeError/ValueError/KeyError for bad data
+        if not register_filters():
+            raise
+    return read()
+
+
 def missing_filters(dset: h5py.Dataset) -> list[str]:
     """Filters the dataset needs that this HDF5 library cannot decode (after hdf5plugin)."""
     plist = dset.id.get_create_plist()
@@ -244,11 +259,7 @@ def check_frames_dataset(dset: h5py.Dataset, path: str) -> None:
             f"dataset {dset.name} in {path} needs a compression filter that is not available: "
             + ", ".join(missing)
         )
-    for last_try in (False, True):
-        try:
-            dset[0:1]
-            return
-        except Exception as exc:  # h5py raises OSError/RuntimeError/ValueError for bad chunks
-            # A virtual dataset's sources may need a plugin filter its layout does not name.
-            if last_try or not register_filters():
-                raise InputError(f"cannot read frame 0 of {dset.name} in {path}: {exc}") from exc
+    try:
+        read_with_all_filters(lambda: dset[0:1])
+    except Exception as exc:
+        raise InputError(f"cannot read frame 0 of {dset.name} in {path}: {exc}") from exc

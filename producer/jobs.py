@@ -94,7 +94,7 @@ def live_processes(
         pipe.hmget(C.worker_key(worker_id), "id", "queues")
     count = 0
     for found, queues in pipe.execute():
-        if found is not None and (not queues or queue in queues.split(",")):
+        if found is not None and C.takes_from(C.worker_queues(queues), queue):
             count += 1
     return count
 

@@ -188,7 +188,7 @@ def _load_h5(file: str, dataset: str | None) -> tuple[np.ndarray, str]:
     """(array, dataset path) of a mask stored in HDF5; the only 2-D dataset when unnamed."""
     import h5py
 
-    from .inputs import missing_filters, register_filters
+    from .inputs import missing_filters, read_with_all_filters
 
     if not os.access(file, os.R_OK):
         raise MaskError(f"mask file is not readable: {file}")
@@ -226,14 +226,10 @@ def _load_h5(file: str, dataset: str | None) -> tuple[np.ndarray, str]:
                 f"mask {dataset} in {file} needs a compression filter that is not available: "
                 + ", ".join(missing)
             )
-        for last_try in (False, True):
-            try:
-                array = obj[()]
-                break
-            except Exception as exc:  # h5py raises OSError/RuntimeError/KeyError for bad data
-                # A virtual dataset's sources may need a plugin filter its layout does not name.
-                if last_try or not register_filters():
-                    raise MaskError(f"cannot read mask {dataset} in {file}: {exc}") from exc
+        try:
+            array = read_with_all_filters(lambda: obj[()])
+        except Exception as exc:
+            raise MaskError(f"cannot read mask {dataset} in {file}: {exc}") from exc
         name = obj.name or dataset
     if not isinstance(array, np.ndarray) or array.dtype.kind not in "buif":
         raise MaskError(f"mask {dataset} in {file} is not a numeric array")

@@ -301,7 +301,7 @@ def summarize_worker(data: dict[str, str], now: float) -> dict[str, Any]:
         "host": data.get("host", ""),
         "pid": _i(data.get("pid")),
         "device": data.get("device", ""),
-        "queues": [q for q in data.get("queues", "").split(",") if q],
+        "queues": C.worker_queues(data.get("queues")),
         "current": data.get("current", ""),
         "chunks_done": _i(data.get("chunks_done")),
         "frames_done": frames,
@@ -393,8 +393,8 @@ def overview(
     for w in worker_rows:
         active_queues.update(w["queues"])
     depths = queue_depths(client, active_queues, unacked)
-    for q, d in depths.items():  # a worker that names no queues (an older one) takes any
-        d["workers"] = sum(1 for w in worker_rows if not w["queues"] or q in w["queues"])
+    for q, d in depths.items():
+        d["workers"] = sum(1 for w in worker_rows if C.takes_from(w["queues"], q))
     return {
         "time": now,
         "jobs": rows,

@@ -30,6 +30,7 @@ HDF5 stored with a filter skipped (filter mask set) is read through h5py too.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 import threading
@@ -86,41 +87,32 @@ def _library() -> ctypes.CDLL | None:
         return _lib
 
 
-#: (pread, bshuf_decompress_*) as ctypes functions numba can call, by codec; None: not here.
-_run_functions: dict[int, tuple[Any, Any] | None] = {}
-
-
+@functools.cache
 def _run_functions_for(codec: int) -> tuple[Any, Any] | None:
     """libc's ``pread`` and bitshuffle's decoder with integer arguments (numba passes
     addresses as integers), or None where runs cannot be decoded in compiled code."""
-    with _lib_lock:
-        if codec in _run_functions:
-            return _run_functions[codec]
-    found = None
     lib = _library()
     if (
-        numba is not None
-        and lib is not None
-        and sys.platform.startswith("linux")
-        and ctypes.sizeof(ctypes.c_void_p) == 8
+        numba is None
+        or lib is None
+        or not sys.platform.startswith("linux")
+        or ctypes.sizeof(ctypes.c_void_p) != 8
     ):
-        try:
-            # Second handles: their function objects get their own argument types.
-            decode = getattr(
-                ctypes.CDLL(lib._name),
-                "bshuf_decompress_lz4" if codec == BSHUF_LZ4 else "bshuf_decompress_zstd",
-            )
-            decode.restype = ctypes.c_int64
-            decode.argtypes = [ctypes.c_uint64] * 5
-            pread = ctypes.CDLL(None).pread
-            pread.restype = ctypes.c_int64
-            pread.argtypes = [ctypes.c_int32, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int64]
-            found = (pread, decode)
-        except (OSError, AttributeError):
-            found = None
-    with _lib_lock:
-        _run_functions[codec] = found
-    return found
+        return None
+    try:
+        # Second handles: their function objects get their own argument types.
+        decode = getattr(
+            ctypes.CDLL(lib._name),
+            "bshuf_decompress_lz4" if codec == BSHUF_LZ4 else "bshuf_decompress_zstd",
+        )
+        decode.restype = ctypes.c_int64
+        decode.argtypes = [ctypes.c_uint64] * 5
+        pread = ctypes.CDLL(None).pread
+        pread.restype = ctypes.c_int64
+        pread.argtypes = [ctypes.c_int32, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int64]
+    except (OSError, AttributeError):
+        return None
+    return pread, decode
 
 
 if numba is not None:
