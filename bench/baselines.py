@@ -41,7 +41,7 @@ def _share(
     spec_json: dict[str, Any], labels: np.ndarray, lo: int, hi: int, device: str
 ) -> tuple[int, np.ndarray]:
     """One process's share: chunks [lo, hi) of the job, computed like a worker does."""
-    from producer.messages import JobSpec
+    from framestats.messages import JobSpec
     from worker.context import JobContext
     from worker.reader import FrameReader
 

@@ -21,7 +21,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from producer import constants as C
+from framestats import constants as C
 
 #: Environment of every benchmark process: unbuffered logs, the caller's Redis.
 BASE_ENV = {"PYTHONUNBUFFERED": "1"}
@@ -146,7 +146,7 @@ def submit_wait(
     """(a) once: the sums, and seconds: ``wall`` (the command, start to exit) and ``job``
     (from the job's creation in Redis to its end: without the CLI's start-up and checks).
     """
-    from producer import jobs
+    from framestats import connection, jobs
 
     args: tuple[str, ...] = ("submit", path, "--mask", mask, "--output", output)
     args += ("--stats", "sum", "--queue", workers.queue, "--wait", "--overwrite")
@@ -154,7 +154,7 @@ def submit_wait(
     cpu = cpu_seconds(pids)
     seconds, stdout = producer(redis_url, *args)
     cpu = cpu_seconds(pids) - cpu
-    client = jobs.connect(redis_url)
+    client = connection.connect(redis_url)
     try:
         job_id = stdout.split()[0]
         job = jobs.get(client, job_id) or {}
@@ -183,9 +183,9 @@ def plan_publish(redis_url: str, frames: int, folder: str) -> dict[str, float]:
     first window of Celery messages. Measured in this process (``prepare``, write,
     ``enqueue``) and as the whole ``producer submit`` command.
     """
-    from producer import jobs
-    from producer.config import Settings
-    from producer.submit import SubmitRequest, enqueue, prepare, write_workdir
+    from framestats import connection
+    from framestats.settings import Settings
+    from framestats.submit import SubmitRequest, enqueue, prepare, write_workdir
 
     path = os.path.join(folder, f"tiny-{frames}.h5")
     mask = os.path.join(folder, "tiny-mask.npy")
@@ -195,7 +195,7 @@ def plan_publish(redis_url: str, frames: int, folder: str) -> dict[str, float]:
         os.replace(path + ".tmp", path)
     np.save(mask, np.ones((4, 4), bool))
     settings = Settings.from_env({"REDIS_URL": redis_url})
-    client = jobs.connect(redis_url)
+    client = connection.connect(redis_url)
     out: dict[str, float] = {}
     queue = f"bench-plan-{uuid.uuid4().hex[:6]}"
     output = os.path.join(folder, "tiny.reduced.h5")
@@ -233,7 +233,7 @@ def plan_publish(redis_url: str, frames: int, folder: str) -> dict[str, float]:
 
 def _forget(client: Any, job_id: str, queue: str) -> None:
     """Remove a job that no worker will run, and its queued messages."""
-    from producer import jobs
+    from framestats import jobs
 
     jobs.delete(client, job_id)
     client.delete(queue)

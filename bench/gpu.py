@@ -43,7 +43,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # runnable as a script from a bare checkout
 
 from bench.host import cpu_model  # noqa: E402
-from producer.messages import JobSpec, Segment  # noqa: E402
+from framestats.messages import JobSpec, Segment  # noqa: E402
 from producer.samples import detector_frames  # noqa: E402
 
 DSET = "/entry/data/data"

@@ -20,7 +20,7 @@ import time
 import h5py
 import numpy as np
 
-from producer import jobs
+from framestats import connection, jobs
 
 from . import e2e
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             f.create_dataset("/entry/data/data", data=rng.integers(0, 100, (n, 64, 64), np.uint16))
         np.save(mask, np.ones((64, 64), bool))
         workers = e2e.start_workers(url, args.processes, folder)
-        client = jobs.connect(url)
+        client = connection.connect(url)
         rows: list[tuple[float, float, float]] = []
         try:
             workers.wait_ready(client)

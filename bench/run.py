@@ -170,8 +170,8 @@ def form_runners(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from producer.config import Settings
-    from producer.submit import SubmitRequest, prepare
+    from framestats.settings import Settings
+    from framestats.submit import SubmitRequest, prepare
 
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
@@ -196,9 +196,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "forms": {},
     }
-    from producer import jobs
+    from framestats import connection
 
-    client = jobs.connect(redis_url)
+    client = connection.connect(redis_url)
     log(f"starting {n}+1 worker processes and the baseline pools")
     workers = e2e.start_workers(redis_url, n, scratch)
     single = e2e.start_workers(redis_url, 1, scratch)

@@ -1,4 +1,1 @@
-"""framestats producer: plans, submits and watches jobs. Never imports torch."""
-
-__version__ = "0.1.0"
-__all__ = ["__version__"]
+"""The ``producer`` command line: a thin layer over the ``framestats`` Python API."""

@@ -15,10 +15,9 @@ from typing import Any, TypeVar
 
 import click
 
-from . import __version__
-from .config import Settings
-from .errors import BrokerUnavailable, FramestatsError
-from .resp import RedisError
+from framestats import __version__
+from framestats.errors import BrokerUnavailable, FramestatsError
+from framestats.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,13 +32,17 @@ def handle_errors(fn: F) -> F:
         except FramestatsError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        except RedisError as exc:  # Redis went away or refused a command mid-way
-            lost = BrokerUnavailable(settings().redis_url_redacted, str(exc) or type(exc).__name__)
-            click.echo(f"error: {lost}", err=True)
-            sys.exit(lost.exit_code)
         except ValueError as exc:  # configuration values from the environment
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except Exception as exc:
+            redis = sys.modules.get("redis")  # loaded by every command that talks to Redis
+            if redis is None or not isinstance(exc, redis.RedisError):
+                raise
+            # Redis went away or refused a command mid-way
+            lost = BrokerUnavailable(settings().redis_url_redacted, str(exc) or type(exc).__name__)
+            click.echo(f"error: {lost}", err=True)
+            sys.exit(lost.exit_code)
 
     return wrapper  # type: ignore[return-value]
 
@@ -143,8 +146,8 @@ def submit(
     INPUTS: HDF5 files, glob patterns ('scan_*.h5') or Eiger *_master.h5 files, read in
     sorted order as one sequence of frames.
     """
-    from .submit import SubmitRequest
-    from .submit import submit as do_submit
+    from framestats.submit import SubmitRequest
+    from framestats.submit import submit as do_submit
 
     request = SubmitRequest(
         inputs=inputs,
@@ -180,10 +183,10 @@ def submit(
 
 
 def _wait(cfg: Settings, job_id: str, output: str) -> int:
-    from . import jobs
-    from .progress import follow
+    from framestats import connection
+    from framestats.progress import follow
 
-    client = jobs.connect(cfg.redis_url)
+    client = connection.connect(cfg.redis_url)
     try:
         final = follow(client, job_id)
     except KeyboardInterrupt:
@@ -205,7 +208,7 @@ def _wait(cfg: Settings, job_id: str, output: str) -> int:
 @handle_errors
 def resume(target: str, wait: bool) -> None:
     """Queue again the chunks of JOB (id or OUTPUT.h5) that have no committed result."""
-    from .resume import resume as do_resume
+    from framestats.resume import resume as do_resume
 
     cfg = settings()
     spec, queued = do_resume(target, cfg)
@@ -220,7 +223,7 @@ def resume(target: str, wait: bool) -> None:
 @handle_errors
 def cancel(job_id: str) -> None:
     """Cancel JOB: queued chunks are skipped, running ones finish, no output is written."""
-    from .resume import cancel as do_cancel
+    from framestats.resume import cancel as do_cancel
 
     if do_cancel(job_id, settings()):
         click.echo(f"cancelled {job_id}")
@@ -235,11 +238,11 @@ def cancel(job_id: str) -> None:
 @handle_errors
 def status(job: str | None, as_json: bool, limit: int) -> None:
     """Recent jobs, queue depths and workers online; or one JOB (id or OUTPUT.h5) in detail."""
-    from . import jobs, monitor
+    from framestats import connection, monitor
 
     cfg = settings()
-    client = jobs.connect(cfg.redis_url)
-    jobs.ping(client, cfg.redis_url_redacted)
+    client = connection.connect(cfg.redis_url)
+    connection.ping(client, cfg.redis_url_redacted)
     if job:
         view = monitor.job_status(client, job, cfg.worker_timeout)
         lines = monitor.render_job(view)
@@ -254,14 +257,14 @@ def status(job: str | None, as_json: bool, limit: int) -> None:
 @handle_errors
 def watch(job: str) -> None:
     """A live progress bar until JOB (id or OUTPUT.h5) ends; Ctrl-C leaves the job running."""
-    from . import jobs, monitor
+    from framestats import connection, monitor
 
     cfg = settings()
-    client = jobs.connect(cfg.redis_url)
-    jobs.ping(client, cfg.redis_url_redacted)
+    client = connection.connect(cfg.redis_url)
+    connection.ping(client, cfg.redis_url_redacted)
     view = monitor.job_status(client, job, cfg.worker_timeout)
     if view["state"] == "unknown":
-        from .errors import JobNotFound
+        from framestats.errors import JobNotFound
 
         raise JobNotFound(f"job {view['id']} is not known to Redis; see 'producer resume'")
     try:
@@ -279,11 +282,11 @@ def workers(as_json: bool) -> None:
     """Live worker processes (from their Redis heartbeats): device, chunks, throughput."""
     import time
 
-    from . import jobs, monitor
+    from framestats import connection, monitor
 
     cfg = settings()
-    client = jobs.connect(cfg.redis_url)
-    jobs.ping(client, cfg.redis_url_redacted)
+    client = connection.connect(cfg.redis_url)
+    connection.ping(client, cfg.redis_url_redacted)
     rows = monitor.workers(client, cfg.worker_timeout)
     if as_json:
         click.echo(json.dumps({"workers": rows}, indent=1))
@@ -307,14 +310,14 @@ def inspect_cmd(
     input_file: str, dataset: str | None, chunk_frames: int | None, queue: str, as_json: bool
 ) -> None:
     """Datasets of INPUT_FILE (shape, dtype, chunking, filters) and the plan a submit would make."""
-    from . import jobs
-    from .inspection import inspect_file, render
+    from framestats import connection, jobs
+    from framestats.inspection import inspect_file, render
 
     conf = settings()
-    client = jobs.connect(conf.redis_url, timeout=1.0)
+    client = connection.connect(conf.redis_url, timeout=1.0)
     try:  # submit sizes a small job's tasks for the live workers; show the same plan
         processes: int | None = jobs.live_processes(client, conf.worker_timeout, queue=queue)
-    except (jobs.exceptions(client).RedisError, OSError):
+    except (connection.redis_error(), OSError):
         processes = None
     report = inspect_file(input_file, dataset, chunk_frames, conf, processes, queue)
     click.echo(json.dumps(report, indent=1) if as_json else "\n".join(render(report)))
@@ -328,7 +331,8 @@ def inspect_cmd(
 @handle_errors
 def plot(output: str, stat: str, png: str | None, regions: str | None) -> None:
     """A PNG of per-frame traces of one statistic, one line per region, from a job's OUTPUT."""
-    from .errors import OptionError
+    from framestats.errors import OptionError
+
     from .plot import plot as do_plot
 
     try:

@@ -10,11 +10,11 @@ import time
 
 import click
 
-from . import constants as C
-from . import jobs
-from .config import Settings
-from .progress import follow
-from .submit import SubmitRequest, submit
+from framestats import connection, jobs
+from framestats import constants as C
+from framestats.progress import follow
+from framestats.settings import Settings
+from framestats.submit import SubmitRequest, submit
 
 
 def start_worker(settings: Settings, queue: str, log_path: str) -> subprocess.Popen[bytes]:
@@ -45,8 +45,8 @@ def run_demo(folder: str, frames: int, settings: Settings) -> int:
 
     data, mask = make_demo(folder, n=frames)
     output = os.path.join(folder, "demo.reduced.h5")
-    client = jobs.connect(settings.redis_url)
-    jobs.ping(client, settings.redis_url_redacted)
+    client = connection.connect(settings.redis_url)
+    connection.ping(client, settings.redis_url_redacted)
     started: subprocess.Popen[bytes] | None = None
     queue = C.DEFAULT_QUEUE
     if jobs.live_processes(client, settings.worker_timeout, queue=queue) == 0:

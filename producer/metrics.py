@@ -22,10 +22,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from . import constants as C
-from . import jobs, monitor
-from .config import Settings
-from .errors import OptionError
+from framestats import connection, monitor
+from framestats import constants as C
+from framestats.errors import OptionError
+from framestats.settings import Settings
 
 log = logging.getLogger("framestats.metrics")
 
@@ -155,7 +155,7 @@ class FramestatsCollector(Collector):
 
 def registry(settings: Settings) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
-    client = jobs.connect(settings.redis_url, timeout=3.0)
+    client = connection.connect(settings.redis_url, timeout=3.0)
     reg.register(FramestatsCollector(client, settings.worker_timeout))
     return reg
 
@@ -164,8 +164,10 @@ def serve(settings: Settings, port: int, host: str = "127.0.0.1") -> None:
     """Serve /metrics until interrupted."""
     from prometheus_client import start_http_server
 
-    client = jobs.connect(settings.redis_url, timeout=3.0)
-    jobs.ping(client, settings.redis_url_redacted)  # a wrong URL fails at start, not per scrape
+    client = connection.connect(settings.redis_url, timeout=3.0)
+    connection.ping(
+        client, settings.redis_url_redacted
+    )  # a wrong URL fails at start, not per scrape
     client.close()
     try:
         start_http_server(port, addr=host, registry=registry(settings))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from .errors import InputError, OptionError
+from framestats.errors import InputError, OptionError
 
 #: Regions named in the legend; more are drawn but not labelled.
 MAX_LEGEND = 12

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import redis
 
-from tests.workers import WorkerProcess, start_worker
+from tests.support.workers import WorkerProcess, start_worker
 
 
 def _test_url() -> str:

@@ -10,8 +10,8 @@ import hdf5plugin
 import numpy as np
 import pytest
 
-from producer.errors import TransientChunkError
-from producer.messages import JobSpec, Segment
+from framestats.errors import TransientChunkError
+from framestats.messages import JobSpec, Segment
 from producer.samples import detector_frames
 from worker import decode
 from worker.decode import ChunkDecoder
@@ -206,7 +206,7 @@ def test_chunk_stored_without_filter_is_read_by_hdf5(tmp_path, filters):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("filters", [BSLZ4, GZIP_SHUFFLE], ids=["bslz4", "gzip"])
 def test_corrupt_chunk_is_an_error_not_wrong_data(tmp_path, filters, threads):
-    from producer.errors import TransientChunkError
+    from framestats.errors import TransientChunkError
 
     frames = detector_frames(4, 32, 32, seed=5)
     path = make_file(tmp_path / "a.h5", frames, 1, **filters)

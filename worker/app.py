@@ -12,9 +12,10 @@ from typing import Any
 
 from celery.signals import worker_init
 
-from producer.broker import check_safe, make_app
-from producer.config import Settings
-from producer.errors import ConfigError
+from framestats.errors import ConfigError
+from framestats.settings import Settings
+
+from .broker import check_safe, make_app
 
 # The worker parallelises on its own: a process per core, or decode threads on every
 # core in a GPU worker. An hdf5plugin built with OpenMP (the Docker image's) would also

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from producer.config import Settings
+from framestats.settings import Settings
 
 from . import launch
 
@@ -126,20 +126,20 @@ def health() -> None:
     import socket
     import time
 
-    from producer import constants as C
-    from producer import jobs
-    from producer.errors import BrokerUnavailable
+    from framestats import connection
+    from framestats import constants as C
+    from framestats.errors import BrokerUnavailable
 
     settings = Settings.from_env()
-    client = jobs.connect(settings.redis_url, timeout=3)
+    client = connection.connect(settings.redis_url, timeout=3)
     try:
-        jobs.ping(client, settings.redis_url_redacted)
+        connection.ping(client, settings.redis_url_redacted)
     except BrokerUnavailable as exc:
         click.echo(f"unhealthy: {exc}", err=True)
         sys.exit(1)
     host = socket.gethostname()
     cutoff = time.time() - settings.worker_timeout
-    for worker_id in client.zrangebyscore(C.WORKERS_INDEX, cutoff, "+inf"):
+    for worker_id in map(str, client.zrangebyscore(C.WORKERS_INDEX, cutoff, "+inf")):
         if client.hget(C.worker_key(worker_id), "host") == host:
             click.echo(f"healthy: {worker_id}")
             return
@@ -151,7 +151,7 @@ def health() -> None:
 
 
 def main() -> None:
-    from producer.errors import FramestatsError
+    from framestats.errors import FramestatsError
 
     try:
         cli(prog_name="worker")

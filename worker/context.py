@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from producer.constants import MASK_NAME
-from producer.errors import PermanentChunkError
-from producer.messages import ChunkTask, JobSpec
-from producer.paths import check_allowed
+from framestats.constants import MASK_NAME
+from framestats.errors import PermanentChunkError
+from framestats.messages import ChunkTask, JobSpec
+from framestats.paths import check_allowed
 
 from .reader import FrameReader
 from .valuerange import ValueRange, fit_regions

@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from producer import constants as C
+from framestats import constants as C
 
 
 class Heartbeat:

@@ -68,9 +68,8 @@ def run_node(concurrency: int, queues: Sequence[str], name: str, loglevel: str, 
     """Run one Celery worker node in this process until warm shutdown."""
     os.environ["FRAMESTATS_DEVICE"] = device
     os.environ["FRAMESTATS_NODE"] = name
-    from producer.broker import check_safe
-
     from .app import app
+    from .broker import check_safe
 
     check_safe(app)
     app.worker_main(argv=celery_argv(concurrency, queues, name, loglevel))

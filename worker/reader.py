@@ -28,9 +28,9 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers Bitshuffle-LZ4, LZ4, Blosc, Zstd, ... with HDF5)
 import numpy as np
 
-from producer.errors import PermanentChunkError, TransientChunkError
-from producer.messages import JobSpec, Segment
-from producer.paths import check_allowed
+from framestats.errors import PermanentChunkError, TransientChunkError
+from framestats.messages import JobSpec, Segment
+from framestats.paths import check_allowed
 
 from .decode import ChunkDecoder, default_threads
 

@@ -34,9 +34,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from producer import constants as C
-from producer import jobs, monitor, wire
-from producer.messages import JobSpec
+from framestats import connection, monitor, wire
+from framestats import constants as C
+from framestats.messages import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ class Sweeper:
             while not self._stop.wait(self.interval):
                 try:
                     self.once()
-                except jobs.exceptions(self.client).RedisError:
+                except connection.redis_error():
                     pass  # Redis away: the next round tries again
                 except Exception:  # a bug here must not stop the worker's chunks
                     log.exception("lost-message sweep failed")

@@ -16,14 +16,16 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_process_init, worker_process_shutdown
 
-from producer import constants as C
-from producer import jobs, monitor, results
-from producer.config import Settings
-from producer.constants import TASK_FINALIZE, TASK_REDUCE
-from producer.errors import FramestatsError, PermanentChunkError, TransientChunkError, UserError
-from producer.messages import ChunkTask, JobState
-from producer.wire import publish_chunks, publish_finalize
+from framestats import chunkfile, connection, jobs, monitor
+from framestats import constants as C
+from framestats.constants import TASK_FINALIZE, TASK_REDUCE
+from framestats.errors import FramestatsError, PermanentChunkError, TransientChunkError, UserError
+from framestats.messages import ChunkTask, JobState
+from framestats.output import output_job_id
+from framestats.settings import Settings
+from framestats.wire import publish_chunks, publish_finalize
 
+from . import finalize
 from .app import app
 from .context import JobCache, load_spec
 from .heartbeat import Heartbeat
@@ -64,7 +66,7 @@ def runtime(node: str | None = None) -> Runtime:
             import torch
 
             torch.set_num_threads(int(os.environ.get("FRAMESTATS_TORCH_THREADS", "1")))
-        client = jobs.connect(settings.redis_url, light=False)  # kombu loads redis-py anyway
+        client = connection.connect(settings.redis_url)
         hb = Heartbeat(
             client,
             node or os.environ.get("FRAMESTATS_NODE", "worker"),
@@ -144,12 +146,12 @@ def reduce_chunk(self: Task, payload: dict[str, Any]) -> str:
     try:
         ctx = rt.cache.get(task)
         frames = task.stop - task.start
-        if not results.is_committed(ctx.spec.workdir, task.index):
+        if not chunkfile.is_committed(ctx.spec.workdir, task.index):
             values = ctx.compute(task.start, task.stop)
             meta = {"worker": rt.heartbeat.id, "device": rt.heartbeat.device}
-            results.write_chunk(
+            chunkfile.write_chunk(
                 ctx.spec.workdir,
-                results.ChunkResult(task.index, task.start, task.stop, values, meta),
+                chunkfile.ChunkResult(task.index, task.start, task.stop, values, meta),
             )
     except (PermanentChunkError, UserError) as exc:
         fail_job(rt, task, str(exc))
@@ -211,13 +213,13 @@ def finalize_job(self: Task, payload: dict[str, Any]) -> str:
     state = jobs.state(rt.client, job_id)
     if state is None or state in (JobState.DONE, JobState.FAILED, JobState.CANCELLED):
         return f"skipped ({state.value if state else 'unknown job'})"
-    if results.output_job_id(spec.output) == job_id:
+    if output_job_id(spec.output) == job_id:
         # A finalizer died after the rename: the output is whole, only bookkeeping is left.
         jobs.finish(rt.client, job_id, JobState.DONE, notify=False)
-        results.cleanup(spec)
+        finalize.cleanup(spec)
         jobs.notify_finished(rt.client, job_id, JobState.DONE)  # --wait sees a clean folder
         return "done"
-    if len(results.committed(spec.workdir)) < spec.n_chunks:
+    if len(chunkfile.committed(spec.workdir)) < spec.n_chunks:
         return "incomplete"
     token = uuid.uuid4().hex
     if not jobs.acquire_finalize(rt.client, job_id, token, rt.settings.finalize_lock_ttl):
@@ -227,14 +229,14 @@ def finalize_job(self: Task, payload: dict[str, Any]) -> str:
         jobs.set_state(rt.client, job_id, JobState.FINALIZING)
         rt.cache.drop(job_id)
         try:
-            results.finalize(spec)
+            finalize.finalize(spec)
         except OSError as exc:
             jobs.finish(
                 rt.client, job_id, JobState.FAILED, f"cannot write output {spec.output}: {exc}"
             )
             return "failed"
         jobs.finish(rt.client, job_id, JobState.DONE, notify=False)
-        results.cleanup(spec)
+        finalize.cleanup(spec)
         jobs.notify_finished(rt.client, job_id, JobState.DONE)  # --wait sees a clean folder
         return "done"
     finally:

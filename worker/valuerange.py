@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from producer.messages import JobSpec
+from framestats.messages import JobSpec
 
 #: Statistics of a region with no pixel (matches the reducer's convention).
 EMPTY = {"sum": 0.0, "count": 0.0}

@@ -33,7 +33,7 @@ from tests.faults.util import (
     read_output,
     submit,
 )
-from tests.workers import run_producer, start_worker
+from tests.support.workers import run_producer, start_worker
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,12 @@ import numpy as np
 import pytest
 import redis
 
-from producer import constants as C
-from producer import jobs
-from producer.config import Settings
-from producer.messages import JobState
-from producer.results import read_chunk
-from producer.wire import read_task
+from framestats import constants as C
+from framestats import jobs
+from framestats.chunkfile import read_chunk
+from framestats.messages import JobState
+from framestats.settings import Settings
+from framestats.wire import read_task
 from tests.faults.util import (
     N_FRAMES,
     Job,
@@ -51,7 +51,7 @@ from tests.faults.util import (
     wait_until,
     workers,
 )
-from tests.workers import run_producer
+from tests.support.workers import run_producer
 
 #: Settings the fault tests shorten; the production-bound test leaves them at their defaults.
 PRODUCTION_KNOBS = ("FRAMESTATS_VISIBILITY_TIMEOUT", "FRAMESTATS_RESTORE_INTERVAL")

@@ -24,10 +24,9 @@ import h5py
 import numpy as np
 import pytest
 
-from producer.broker import make_app
-from producer.config import Settings
-from producer.constants import TASK_FINALIZE, TASK_REDUCE
-from producer.messages import JobSpec
+from framestats.constants import TASK_FINALIZE, TASK_REDUCE
+from framestats.messages import JobSpec
+from framestats.settings import Settings
 from producer.samples import detector_frames, write_stack
 from tests.faults.util import (
     FAULT_ENV,
@@ -38,7 +37,8 @@ from tests.faults.util import (
     submit,
     wait_until,
 )
-from tests.workers import WorkerProcess, run_producer, start_worker, stored_keys
+from tests.support.workers import WorkerProcess, run_producer, start_worker, stored_keys
+from worker.broker import make_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -22,10 +22,10 @@ import h5py
 import numpy as np
 import redis
 
-from producer import constants as C
-from producer import jobs
-from producer.paths import chunk_index, chunk_path
-from tests.workers import WorkerProcess, run_producer, start_worker
+from framestats import constants as C
+from framestats import jobs
+from framestats.paths import chunk_index, chunk_path
+from tests.support.workers import WorkerProcess, run_producer, start_worker
 
 #: The job every fault test runs: gzip frames, so a chunk takes long enough to be
 #: killed in the middle; all six statistics over 32 regions.

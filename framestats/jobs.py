@@ -1,0 +1,379 @@
+"""Job state in Redis: the job hash, its chunk sets and counters.
+
+Redis holds state and counters, never bulk results; everything here can be rebuilt
+from the job folder (manifest + committed chunks) by ``resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from . import constants as C
+from .messages import JobSpec, JobState
+
+#: A redis-py client (``framestats.connection.connect``: str replies).
+Client = Any
+
+#: Publishing the pending list in slices keeps each Redis command small.
+_PUSH_BATCH = 10_000
+#: Seconds a finished job's wake-up event waits for a follower.
+_EVENTS_TTL = 3600
+
+
+def live_processes(
+    client: Client, worker_timeout: float, now: float | None = None, queue: str | None = None
+) -> int:
+    """Worker processes whose heartbeat is younger than ``worker_timeout`` seconds; with
+    ``queue``, only those taking chunks from it (and those that do not say which they take).
+    """
+    now = time.time() if now is None else now
+    if queue is None:
+        return int(client.zcount(C.WORKERS_INDEX, now - worker_timeout, "+inf"))
+    ids = client.zrangebyscore(C.WORKERS_INDEX, now - worker_timeout, "+inf")
+    if not ids:
+        return 0
+    pipe = client.pipeline(transaction=False)
+    for worker_id in ids:
+        pipe.hmget(C.worker_key(worker_id), "id", "queues")
+    count = 0
+    for found, queues in pipe.execute():
+        if found is not None and C.takes_from(C.worker_queues(queues), queue):
+            count += 1
+    return count
+
+
+def create(client: Client, spec: JobSpec, pending: Iterable[int], done: Iterable[int] = ()) -> None:
+    """Write the job hash, its done set and its pending list (replacing any old state)."""
+    now = time.time()
+    done = list(done)
+    fields: dict[str, Any] = {
+        "id": spec.job_id,
+        "state": JobState.QUEUED.value,
+        "input": spec.segments[0].path
+        + (
+            f" (+{len({s.path for s in spec.segments}) - 1} files)"
+            if len({s.path for s in spec.segments}) > 1
+            else ""
+        ),
+        "dataset": spec.segments[0].dataset,
+        "output": spec.output,
+        "workdir": spec.workdir,
+        "manifest": spec.manifest_path,
+        "queue": spec.queue,
+        "stats": ",".join(spec.stats),
+        "n_chunks": spec.n_chunks,
+        "n_frames": spec.n_frames,
+        "frame_bytes": spec.frame_bytes,
+        "n_regions": spec.n_regions,
+        "created": spec.created,
+        "submitted": now,
+        "frames_done": 0,
+        "bytes_done": 0,
+        "chunks_failed": 0,
+    }
+    if done:
+        frames = sum(spec.boundaries[i + 1] - spec.boundaries[i] for i in done)
+        fields["frames_done"] = frames
+        fields["bytes_done"] = frames * spec.frame_bytes
+        fields["frames_resumed"] = frames  # not counted in the job's rate
+    pipe = client.pipeline(transaction=True)
+    pipe.delete(*C.job_keys(spec.job_id))
+    pipe.hset(C.job_key(spec.job_id), mapping=fields)
+    pipe.zadd(C.JOBS_INDEX, {spec.job_id: spec.created})
+    pipe.sadd(C.ACTIVE_JOBS, spec.job_id)
+    for i in range(0, len(done), _PUSH_BATCH):
+        pipe.sadd(C.job_done_key(spec.job_id), *done[i : i + _PUSH_BATCH])
+    pipe.execute()
+    push_pending(client, spec.job_id, pending)
+
+
+def push_pending(client: Client, job_id: str, indices: Iterable[int]) -> None:
+    items = list(indices)
+    pipe = client.pipeline(transaction=False)
+    for i in range(0, len(items), _PUSH_BATCH):
+        pipe.rpush(C.job_pending_key(job_id), *items[i : i + _PUSH_BATCH])
+    pipe.execute()
+
+
+def pop_pending(client: Client, job_id: str, count: int = 1) -> list[int]:
+    """Take up to ``count`` chunk indices off the pending list."""
+    got = client.lpop(C.job_pending_key(job_id), count)
+    return [int(x) for x in got] if got else []
+
+
+#: Lua: the successor a finished chunk releases, taken once (see ``take_successor``);
+#: false when it was already published.
+_SUCCESSOR_FN = """
+local function successor(pending, successors, index)
+  local got = redis.call('hget', successors, index)
+  if got then
+    if string.sub(got, 1, 1) == '+' then return false end
+    return got
+  end
+  got = redis.call('lpop', pending) or ''
+  redis.call('hset', successors, index, got)
+  return got
+end
+"""
+_TAKE_SUCCESSOR = _SUCCESSOR_FN + "return successor(KEYS[1], KEYS[2], ARGV[1])"
+
+#: More commands for the same round trip (a heartbeat, a metric); gets the pipeline.
+Also = Callable[[Any], None] | None
+
+
+def take_successor(client: Client, job_id: str, index: int) -> list[int] | None:
+    """The pending chunk that finished chunk ``index`` releases into the queue window.
+
+    Taken off the pending list once per finished chunk and remembered, so a delivery of
+    chunk ``index`` after its process died between taking and publishing gets the same
+    chunk again: nothing pending is lost. ``[]`` when nothing is pending; None when the
+    successor was already published (``successor_published``).
+    """
+    got = client.eval(
+        _TAKE_SUCCESSOR, 2, C.job_pending_key(job_id), C.job_successors_key(job_id), str(index)
+    )
+    return _successor(got)
+
+
+def _successor(got: str | None) -> list[int] | None:
+    if got is None:
+        return None
+    return [int(got)] if got else []
+
+
+def successor_published(client: Client, job_id: str, index: int, successor: list[int]) -> None:
+    """Mark chunk ``index``'s successor as queued (``client`` may be the publishing MULTI)."""
+    client.hset(C.job_successors_key(job_id), str(index), "+" + ",".join(map(str, successor)))
+
+
+def get(client: Client, job_id: str) -> dict[str, str] | None:
+    data = client.hgetall(C.job_key(job_id))
+    return data or None
+
+
+def state(client: Client, job_id: str) -> JobState | None:
+    raw = client.hget(C.job_key(job_id), "state")
+    return JobState(raw) if raw else None
+
+
+def chunks_done(client: Client, job_id: str) -> int:
+    return int(client.scard(C.job_done_key(job_id)))
+
+
+_BEGIN_CHUNK = """
+local state = redis.call('hget', KEYS[1], 'state')
+if not state then return {false, 0} end
+local n = redis.call('hincrby', KEYS[2], ARGV[1], 1)
+if state == 'queued' then
+  redis.call('hset', KEYS[1], 'state', 'running')
+  redis.call('hsetnx', KEYS[1], 'started', ARGV[2])
+  state = 'running'
+end
+if #KEYS > 2 and state == 'running' and n <= tonumber(ARGV[3])
+    and redis.call('exists', KEYS[3]) == 1 then
+  redis.call('hset', KEYS[3], 'current', ARGV[4])
+end
+return {state, n}
+"""
+
+
+def begin_chunk(
+    client: Client,
+    job_id: str,
+    index: int,
+    runner: tuple[str, str] | None = None,
+    max_deliveries: int = 0,
+) -> tuple[JobState | None, int]:
+    """Count one delivery of chunk ``index`` (atomically, only for a known job).
+
+    Returns the job state (None when Redis does not know the job) and the deliveries
+    so far; the first chunk to start moves the job from queued to running. ``runner``
+    (the worker's heartbeat key, its label for the chunk) gets the label as its current
+    chunk in the same script, only when the chunk will run: the job is running and this
+    is delivery ``max_deliveries`` or earlier.
+    """
+    keys = [C.job_key(job_id), C.job_attempts_key(job_id)]
+    args: list[Any] = [str(index), time.time()]
+    if runner is not None:
+        keys.append(runner[0])
+        args += [max_deliveries, runner[1]]
+    raw, attempts = client.eval(_BEGIN_CHUNK, len(keys), *keys, *args)
+    return (JobState(raw) if raw else None), int(attempts)
+
+
+_FINISH_CHUNK = (
+    _SUCCESSOR_FN
+    + """
+if redis.call('exists', KEYS[1]) == 0 then return {-1, false} end
+if redis.call('sadd', KEYS[2], ARGV[1]) == 1 then
+  redis.call('hincrby', KEYS[1], 'frames_done', ARGV[2])
+  redis.call('hincrby', KEYS[1], 'bytes_done', ARGV[3])
+  redis.call('hset', KEYS[1], 'last_progress', ARGV[5])
+  redis.call('hincrby', KEYS[3], ARGV[4], ARGV[2])
+  redis.call('hincrby', KEYS[4], 'frames', ARGV[2])
+  redis.call('hincrby', KEYS[4], 'bytes', ARGV[3])
+  redis.call('hincrby', KEYS[4], 'chunks', 1)
+end
+local done = redis.call('scard', KEYS[2])
+local state = redis.call('hget', KEYS[1], 'state')
+if state ~= 'queued' and state ~= 'running' then return {done, false} end
+return {done, successor(KEYS[5], KEYS[6], ARGV[1])}
+"""
+)
+
+
+def finish_chunk(
+    client: Client,
+    job_id: str,
+    index: int,
+    frames: int,
+    nbytes: int,
+    worker: str,
+    also: Also = None,
+) -> tuple[int, list[int] | None]:
+    """Record chunk ``index`` as committed and take its successor, in one script.
+
+    Returns the chunks done so far (-1: Redis does not know the job) and the successor
+    as ``take_successor`` gives it (None as well when the job is no longer queued or
+    running). One script, so a kill cannot separate the done set from the counters, a
+    duplicate delivery counts nothing, a job Redis forgot is not half re-created
+    (resume rebuilds it from the job folder), and a delivery after a crash between
+    this and the successor's publication gets the same successor again. ``also`` adds
+    commands to the same round trip.
+    """
+    keys = [
+        C.job_key(job_id),
+        C.job_done_key(job_id),
+        C.job_workers_key(job_id),
+        C.METRICS_KEY,
+        C.job_pending_key(job_id),
+        C.job_successors_key(job_id),
+    ]
+    pipe = client.pipeline(transaction=False)
+    pipe.eval(_FINISH_CHUNK, len(keys), *keys, index, frames, nbytes, worker, time.time())
+    if also is not None:
+        also(pipe)
+    done, got = pipe.execute()[0]
+    return int(done), _successor(got)
+
+
+def record_error(
+    client: Client, job_id: str, index: int, frames: tuple[int, int], reason: str
+) -> None:
+    entry = json.dumps(
+        {"chunk": index, "frames": list(frames), "reason": reason, "time": time.time()}
+    )
+    pipe = client.pipeline(transaction=False)
+    pipe.lpush(C.job_errors_key(job_id), entry)
+    pipe.ltrim(C.job_errors_key(job_id), 0, 49)
+    pipe.hincrby(C.METRICS_KEY, "chunk_errors", 1)
+    pipe.execute()
+
+
+def errors(client: Client, job_id: str, limit: int = 10) -> list[dict[str, Any]]:
+    return [json.loads(e) for e in client.lrange(C.job_errors_key(job_id), 0, limit - 1)]
+
+
+def finish(
+    client: Client,
+    job_id: str,
+    new_state: JobState,
+    reason: str | None = None,
+    notify: bool = True,
+) -> bool:
+    """Move an unfinished job to a final state; False when it had already finished.
+
+    ``notify`` wakes ``--wait`` followers at once; a caller with work left to do first
+    (the finalizer's cleanup) passes False and calls ``notify_finished`` after it.
+    """
+    key = C.job_key(job_id)
+    from redis import WatchError
+
+    with client.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(key)
+                raw = pipe.hget(key, "state")
+                if raw and JobState(raw).finished and JobState(raw) is not new_state:
+                    pipe.unwatch()
+                    return False
+                pipe.multi()
+                fields: dict[str, Any] = {"state": new_state.value, "finished": time.time()}
+                if reason:
+                    fields["reason"] = reason
+                if new_state is JobState.FAILED:
+                    pipe.hincrby(key, "chunks_failed", 1)
+                pipe.hset(key, mapping=fields)
+                if new_state in (JobState.FAILED, JobState.CANCELLED):
+                    pipe.delete(C.job_pending_key(job_id))
+                if notify:
+                    _notify(pipe, job_id, new_state)
+                pipe.srem(C.ACTIVE_JOBS, job_id)
+                pipe.execute()
+                return True
+            except WatchError:
+                continue
+
+
+def _notify(pipe: Any, job_id: str, new_state: JobState) -> None:
+    pipe.rpush(C.job_events_key(job_id), new_state.value)
+    pipe.expire(C.job_events_key(job_id), _EVENTS_TTL)
+
+
+def notify_finished(client: Client, job_id: str, new_state: JobState) -> None:
+    """Wake ``--wait`` followers of a job that ``finish`` ended with ``notify=False``."""
+    pipe = client.pipeline(transaction=False)
+    _notify(pipe, job_id, new_state)
+    pipe.execute()
+
+
+def wait_finished(client: Client, job_id: str, timeout: float) -> None:
+    """Sleep up to ``timeout`` seconds, waking as soon as ``finish`` is called for the job."""
+    client.blpop([C.job_events_key(job_id)], timeout=timeout)
+
+
+def set_state(client: Client, job_id: str, new_state: JobState) -> None:
+    client.hset(C.job_key(job_id), "state", new_state.value)
+
+
+def acquire_finalize(client: Client, job_id: str, token: str, ttl: int) -> bool:
+    return bool(client.set(C.job_finalize_lock_key(job_id), token, nx=True, ex=ttl))
+
+
+def release_finalize(client: Client, job_id: str, token: str) -> None:
+    key = C.job_finalize_lock_key(job_id)
+    # Compare-and-delete so a finalizer whose lock expired cannot free another's.
+    client.eval(
+        "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
+        1,
+        key,
+        token,
+    )
+
+
+def delete(client: Client, job_id: str) -> None:
+    pipe = client.pipeline(transaction=True)
+    pipe.delete(*C.job_keys(job_id))
+    pipe.zrem(C.JOBS_INDEX, job_id)
+    pipe.srem(C.ACTIVE_JOBS, job_id)
+    pipe.execute()
+
+
+def recent(client: Client, limit: int = 50) -> list[dict[str, str]]:
+    """The newest ``limit`` jobs' hashes, newest first, with chunks_done added."""
+    ids = client.zrevrange(C.JOBS_INDEX, 0, limit - 1)
+    pipe = client.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hgetall(C.job_key(job_id))
+        pipe.scard(C.job_done_key(job_id))
+    raw = pipe.execute()
+    out = []
+    for i in range(0, len(raw), 2):
+        if raw[i]:
+            data = dict(raw[i])
+            data["chunks_done"] = str(raw[i + 1])
+            out.append(data)
+    return out

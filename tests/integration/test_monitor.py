@@ -1,0 +1,632 @@
+"""See and steer the queue: status, watch, workers, cancel, resume, inspect, plot, metrics.
+
+Real Redis, real worker subprocesses, the real ``producer`` CLI; every value shown is
+checked against the job's true state (plan, committed chunk files, worker processes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from framestats import connection, jobs, monitor
+from framestats import constants as C
+from framestats.paths import chunk_index
+from producer.metrics import FramestatsCollector
+from producer.samples import detector_frames, write_stack
+from tests.support.workers import FAST_ENV, WorkerProcess, run_producer, start_worker
+
+pytestmark = pytest.mark.integration
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def ok(res: subprocess.CompletedProcess[str], *logs: WorkerProcess) -> str:
+    assert res.returncode == 0, res.stdout + res.stderr + "".join(w.log() for w in logs)
+    return res.stdout
+
+
+def as_json(redis_url: str, *args: str) -> Any:
+    return json.loads(ok(run_producer(redis_url, *args, "--json")))
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def submit(redis_url: str, data: str, mask: str, out: str, queue: str, *extra: str, **env: Any):
+    res = run_producer(
+        redis_url,
+        "submit",
+        data,
+        "--mask",
+        mask,
+        "--output",
+        out,
+        "--queue",
+        queue,
+        *extra,
+        env=env,
+    )
+    return ok(res).strip().splitlines()[0]
+
+
+def drained(depth: dict[str, int]) -> bool:
+    """No message of the queue waits or is reserved."""
+    return depth["waiting"] == 0 and depth["reserved"] == 0
+
+
+def committed_files(out: str) -> set[str]:
+    folder = os.path.join(out + C.WORKDIR_SUFFIX, C.CHUNKS_DIR)
+    return (
+        {n for n in os.listdir(folder) if chunk_index(n) is not None}
+        if os.path.isdir(folder)
+        else set()
+    )
+
+
+def worker_rows(redis_url: str, worker: WorkerProcess) -> list[dict[str, Any]]:
+    rows = as_json(redis_url, "workers")["workers"]
+    return [w for w in rows if w["name"].startswith(worker.name + "@")]
+
+
+def new_queue() -> str:
+    return f"q-mon-{uuid.uuid4().hex[:8]}"
+
+
+# --- one job followed from queued to done ------------------------------------------------
+
+N_FRAMES, H, W, TASK_FRAMES = 40, 16, 16, 4
+
+
+@pytest.fixture(scope="module")
+def flow(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Inspect, submit with no worker (queued), start a worker, watch to done; snapshots."""
+    tmp = tmp_path_factory.mktemp("flow")
+    frames = detector_frames(N_FRAMES, H, W, seed=7)
+    data = write_stack(str(tmp / "in.h5"), frames, form="bslz4", chunk_frames=2)
+    labels = (np.arange(H * W).reshape(H, W) % 4).astype(np.int32)  # regions 1..3
+    np.save(tmp / "m.npy", labels)
+    out = str(tmp / "out.h5")
+    queue = new_queue()
+    snap: dict[str, Any] = {"tmp": tmp, "data": data, "mask": str(tmp / "m.npy"), "out": out}
+    snap["frames"], snap["labels"], snap["queue"] = frames, labels, queue
+    snap["inspect"] = as_json(redis_url, "inspect", data, "--chunk-frames", str(TASK_FRAMES))
+    res = run_producer(
+        redis_url,
+        "submit",
+        data,
+        "--mask",
+        snap["mask"],
+        "--output",
+        out,
+        "--queue",
+        queue,
+        "--chunk-frames",
+        str(TASK_FRAMES),
+        "--stats",
+        "sum,mean,max",
+        env={"FRAMESTATS_WINDOW": 5},
+    )
+    job_id = ok(res).strip().splitlines()[0]
+    snap["job_id"], snap["submit_stderr"] = job_id, res.stderr
+    snap["queued_job"] = as_json(redis_url, "status", job_id)
+    snap["queued_all"] = as_json(redis_url, "status")
+    snap["queued_text"] = ok(run_producer(redis_url, "status"))
+    worker = start_worker(redis_url, str(tmp), queue=queue, concurrency=2)
+    client = connection.connect(redis_url)
+    try:
+        worker.wait_ready(client, processes=2)
+        res = run_producer(redis_url, "watch", job_id)
+        snap["watch"] = res
+        ok(res, worker)
+        snap["done_job"] = as_json(redis_url, "status", job_id)
+        # The finalize task is acknowledged just after it marks the job done.
+        snap["done_all"] = wait_for(
+            lambda: (v := as_json(redis_url, "status"))["queues"][queue]["reserved"] == 0 and v,
+            10,
+            "the finalize task's acknowledgement",
+        )
+        snap["done_text"] = ok(run_producer(redis_url, "status", job_id))
+        snap["worker"] = worker
+        yield snap
+    finally:
+        worker.stop()
+        client.close()
+
+
+def test_inspect_shows_datasets_and_the_submit_plan(flow):
+    report = flow["inspect"]
+    (dset,) = report["datasets"]
+    assert dset["name"] == "/entry/data/data"
+    assert dset["shape"] == [N_FRAMES, H, W]
+    assert dset["dtype"] == "<u2"
+    assert dset["chunks"] == [2, H, W]
+    assert dset["filters"] == ["bitshuffle"]
+    plan = report["plan"]
+    assert plan["chunks"] == flow["queued_job"]["chunks_total"] == N_FRAMES // TASK_FRAMES
+    assert plan["frames_per_task"] == TASK_FRAMES
+    assert plan["bytes_per_task"] == TASK_FRAMES * H * W * 2
+
+
+def test_status_of_a_queued_job(flow):
+    job = flow["queued_job"]
+    assert job["id"] == flow["job_id"]
+    assert job["state"] == "queued"
+    assert (job["chunks_total"], job["chunks_done"], job["chunks_failed"]) == (10, 0, 0)
+    assert (job["frames_total"], job["frames_done"]) == (N_FRAMES, 0)
+    assert job["output"] == flow["out"]
+    assert job["chunks_pending"] == 10 - 5  # window of 5 published, the rest held back
+    assert job["eta_s"] is None and job["frames_per_s"] == 0
+    assert job["parameters"]["chunk_frames"] == TASK_FRAMES
+    assert job["parameters"]["stats"] == "sum,mean,max"
+    overview = flow["queued_all"]
+    assert overview["queues"][flow["queue"]] == {"waiting": 5, "reserved": 0, "workers": 0}
+    row = next(r for r in overview["jobs"] if r["id"] == flow["job_id"])
+    assert row["state"] == "queued" and row["chunks_done"] == 0
+    assert overview["jobs_by_state"]["queued"] >= 1
+    assert flow["job_id"] in flow["queued_text"]
+    assert f"{flow['queue']}: 5 waiting, 0 reserved, NO worker takes from it" in flow["queued_text"]
+    # The submit itself said so: a mistyped queue is not a silent wait.
+    assert f"note: no live worker takes from queue {flow['queue']};" in flow["submit_stderr"]
+
+
+def test_watch_shows_progress_to_the_end(flow):
+    res = flow["watch"]
+    assert res.returncode == 0
+    assert "100.0%" in res.stderr and f"{N_FRAMES}/{N_FRAMES} frames" in res.stderr
+    assert f"done: {flow['out']}" in res.stderr
+
+
+def test_status_of_a_done_job_matches_its_true_state(flow, redis_url):
+    job = flow["done_job"]
+    assert job["state"] == "done" and job["reason"] is None
+    assert (job["chunks_total"], job["chunks_done"], job["chunks_failed"]) == (10, 10, 0)
+    assert (job["frames_total"], job["frames_done"]) == (N_FRAMES, N_FRAMES)
+    assert job["bytes_done"] == N_FRAMES * H * W * 2
+    assert job["duration_s"] > 0 and job["frames_per_s"] > 0 and job["eta_s"] is None
+    with h5py.File(flow["out"], "r") as f:
+        assert f.attrs["job_id"] == flow["job_id"]
+        assert f["results"]["sum"].shape == (N_FRAMES, 3)
+    # Per-worker share: frames add up, and every worker named is one of our pool processes.
+    pids = set(flow["worker"].pids(connection.connect(redis_url)))
+    assert sum(w["frames"] for w in job["workers"]) == N_FRAMES
+    assert abs(sum(w["share"] for w in job["workers"]) - 1) < 1e-9
+    assert {int(w["worker"].rsplit(":", 1)[1]) for w in job["workers"]} <= pids
+    assert job["errors_total"] == 0 and job["running_on"] == []
+    overview = flow["done_all"]
+    assert overview["queues"][flow["queue"]] == {"waiting": 0, "reserved": 0, "workers": 2}
+    row = next(r for r in overview["jobs"] if r["id"] == flow["job_id"])
+    assert row["state"] == "done" and row["chunks_done"] == row["chunks_total"] == 10
+    assert "done" in flow["done_text"] and f"{N_FRAMES}/{N_FRAMES} frames" in flow["done_text"]
+    # The same job named by its output path.
+    by_path = as_json(redis_url, "status", flow["out"])
+    assert by_path["id"] == flow["job_id"] and by_path["state"] == "done"
+
+
+def test_workers_show_heartbeats_counters_and_throughput(flow, redis_url):
+    worker = flow["worker"]
+    client = connection.connect(redis_url)
+    pids = set(worker.pids(client))
+    rows = wait_for(
+        lambda: (
+            (r := worker_rows(redis_url, worker)) and sum(w["chunks_done"] for w in r) == 10 and r
+        ),
+        10,
+        "worker counters to reach 10 chunks",
+    )
+    assert {w["pid"] for w in rows} == pids and len(rows) == 2
+    for w in rows:
+        assert w["host"] == socket.gethostname()
+        assert w["device"] == "cpu"
+        assert w["queues"] == [worker.queue]  # what submit sizes a job's tasks by
+        assert w["heartbeat_age_s"] < float(FAST_ENV["FRAMESTATS_WORKER_TIMEOUT"])
+        if w["chunks_done"]:
+            assert w["frames_per_s"] > 0 and w["bytes_per_s"] == pytest.approx(
+                w["frames_per_s"] * H * W * 2
+            )
+    assert sum(w["frames_done"] for w in rows) == N_FRAMES
+    text = ok(run_producer(redis_url, "workers"))
+    assert all(str(p) in text for p in pids)
+    assert flow["done_all"]["workers_online"] >= 2
+
+
+def test_plot_writes_a_png(flow, tmp_path, redis_url):
+    png = str(tmp_path / "trace.png")
+    out = ok(run_producer(redis_url, "plot", flow["out"], "--stat", "max", "-o", png))
+    assert out.strip() == png
+    with open(png, "rb") as fh:
+        head = fh.read(8)
+    assert head == PNG_SIGNATURE and os.path.getsize(png) > 1000
+    default = ok(run_producer(redis_url, "plot", flow["out"])).strip()
+    assert default == flow["out"][:-3] + ".mean.png" and os.path.getsize(default) > 0
+    bad = run_producer(redis_url, "plot", flow["out"], "--stat", "std")
+    assert bad.returncode == 2 and "std is not in" in bad.stderr
+
+
+def parse(text: str) -> dict[str, list[Any]]:
+    families: dict[str, list[Any]] = {}
+    for fam in text_string_to_metric_families(text):
+        families.setdefault(fam.name, []).extend(fam.samples)
+    return families
+
+
+def value(families: dict[str, list[Any]], name: str, **labels: str) -> float:
+    for samples in families.values():
+        for s in samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    raise KeyError(f"{name} {labels}")
+
+
+def check_metrics(families: dict[str, list[Any]], flow: dict[str, Any], client: Any) -> None:
+    queue = flow["queue"]
+    assert value(families, "framestats_up") == 1
+    assert value(families, "framestats_queue_messages", queue=queue, state="waiting") == 0
+    assert value(families, "framestats_queue_messages", queue=queue, state="reserved") == 0
+    assert value(families, "framestats_queue_workers", queue=queue) == 2
+    states = [client.hget(C.job_key(i), "state") for i in client.zrange(C.JOBS_INDEX, 0, -1)]
+    assert value(families, "framestats_jobs", state="done") == states.count("done")
+    totals = client.hgetall(C.METRICS_KEY)
+    assert value(families, "framestats_frames_processed_total") == int(totals["frames"]) >= N_FRAMES
+    assert value(families, "framestats_bytes_processed_total") == int(totals["bytes"])
+    assert value(families, "framestats_chunk_seconds_count") >= 10
+    assert value(families, "framestats_chunk_seconds_bucket", le="+Inf") == value(
+        families, "framestats_chunk_seconds_count"
+    )
+    worker_frames = sum(
+        s.value
+        for s in families["framestats_worker_frames"]
+        if s.name == "framestats_worker_frames_total"
+        and s.labels["node"].startswith(flow["worker"].name + "@")
+    )
+    assert worker_frames == N_FRAMES
+
+
+def test_metrics_collector_and_endpoint(flow, redis_url):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    client = connection.connect(redis_url)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FramestatsCollector(client, float(FAST_ENV["FRAMESTATS_WORKER_TIMEOUT"])))
+    check_metrics(parse(generate_latest(registry).decode()), flow, client)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, **FAST_ENV, "REDIS_URL": redis_url}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "producer", "metrics", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+
+        def scrape() -> str | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    return r.read().decode()
+            except OSError:
+                return None
+
+        text = wait_for(scrape, 20, "the metrics endpoint", interval=0.2)
+        check_metrics(parse(text), flow, client)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
+
+
+def test_failed_job_shows_state_reason_and_errors(flow, redis_url, tmp_path):
+    """A chunk whose compressed bytes are corrupt fails the job naming the chunk."""
+    frames = detector_frames(12, 8, 8, seed=11)
+    data = write_stack(str(tmp_path / "bad.h5"), frames, form="gzip", chunk_frames=1)
+    with h5py.File(data, "r") as f:
+        info = f["/entry/data/data"].id.get_chunk_info(7)  # frame 7 -> chunk task 3 of 4
+    with open(data, "r+b") as fh:
+        fh.seek(info.byte_offset)
+        fh.write(b"\xff" * info.size)
+    np.save(tmp_path / "m.npy", np.ones((8, 8), bool))
+    out = str(tmp_path / "bad.reduced.h5")
+    job_id = submit(
+        redis_url, data, str(tmp_path / "m.npy"), out, flow["queue"], "--chunk-frames", "2"
+    )
+    res = run_producer(redis_url, "watch", job_id, env={"FRAMESTATS_MAX_RETRIES": "1"})
+    assert res.returncode == 1, res.stderr
+    job = as_json(redis_url, "status", job_id)
+    assert job["state"] == "failed"
+    assert job["chunks_failed"] == 1
+    assert "chunk 3 (frames 6-8)" in job["reason"]
+    assert job["errors_total"] >= 1 and job["errors"][0]["chunk"] == 3
+    assert job["chunks_done"] < job["chunks_total"] == 6
+    assert not os.path.exists(out)
+    text = ok(run_producer(redis_url, "status", job_id))
+    assert "failed: chunk 3" in text and "errors" in text
+
+
+def test_watch_ctrl_c_leaves_the_job_running(flow, redis_url, tmp_path):
+    frames = detector_frames(400, 32, 32, seed=3)
+    data = write_stack(str(tmp_path / "in.h5"), frames, form="gzip", chunk_frames=1)
+    np.save(tmp_path / "m.npy", np.ones((32, 32), bool))
+    out = str(tmp_path / "out.h5")
+    job_id = submit(
+        redis_url, data, str(tmp_path / "m.npy"), out, flow["queue"], "--chunk-frames", "1"
+    )
+    env = {**os.environ, **FAST_ENV, "REDIS_URL": redis_url}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "producer", "watch", job_id],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    first = proc.stderr.readline()  # the first progress line: watch is following the job
+    assert "frames" in first, first
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, first + err
+    assert jobs.state(connection.connect(redis_url), job_id) in ("queued", "running")
+    assert "keeps running" in err and "Traceback" not in err
+    client = connection.connect(redis_url)
+    wait_for(lambda: jobs.state(client, job_id) == "done", 60, "the job to finish unwatched")
+    assert os.path.exists(out)
+
+
+# --- cancel ------------------------------------------------------------------------------
+
+
+def test_cancel_computes_no_queued_chunk(redis_url, tmp_path):
+    frames = detector_frames(100, 8, 8, seed=4)
+    data = write_stack(str(tmp_path / "in.h5"), frames, form="gzip", chunk_frames=1)
+    np.save(tmp_path / "m.npy", np.ones((8, 8), bool))
+    out = str(tmp_path / "out.h5")
+    queue = new_queue()
+    job_id = submit(
+        redis_url, data, str(tmp_path / "m.npy"), out, queue, "--chunk-frames", "1"
+    )  # no worker consumes this queue yet: 64 tasks wait, 36 are pending
+    assert as_json(redis_url, "status")["queues"][queue]["waiting"] == 64
+    res = ok(run_producer(redis_url, "cancel", job_id))
+    assert f"cancelled {job_id}" in res
+    job = as_json(redis_url, "status", job_id)
+    assert job["state"] == "cancelled" and job["reason"] == "cancelled by user"
+    assert job["chunks_pending"] == 0
+
+    worker = start_worker(redis_url, str(tmp_path), queue=queue, concurrency=1)
+    client = connection.connect(redis_url)
+    try:
+        worker.wait_ready(client)
+        wait_for(
+            lambda: drained(as_json(redis_url, "status")["queues"][queue]),
+            60,
+            "the cancelled job's tasks to be taken off the queue",
+            interval=0.3,
+        )
+        rows = wait_for(lambda: worker_rows(redis_url, worker), 10, "the worker's heartbeat")
+        assert sum(w["chunks_done"] for w in rows) == 0, "no chunk was computed"
+        assert committed_files(out) == set()
+        job = as_json(redis_url, "status", job_id)
+        assert job["state"] == "cancelled"
+        assert job["chunks_done"] == job["frames_done"] == 0
+        # Every delivered task was counted, and skipped.
+        assert int(client.hlen(C.job_attempts_key(job_id))) == 64
+        assert not os.path.exists(out)
+        ok(run_producer(redis_url, "cancel", job_id))  # cancelling again is harmless
+        assert as_json(redis_url, "status", job_id)["state"] == "cancelled"
+    finally:
+        worker.stop()
+
+
+def test_cancel_while_running_lets_only_running_chunks_finish(redis_url, tmp_path):
+    frames = detector_frames(300, 32, 32, seed=6)
+    data = write_stack(str(tmp_path / "in.h5"), frames, form="gzip", chunk_frames=1)
+    np.save(tmp_path / "m.npy", np.ones((32, 32), bool))
+    out = str(tmp_path / "out.h5")
+    queue = new_queue()
+    worker = start_worker(redis_url, str(tmp_path), queue=queue, concurrency=2)
+    client = connection.connect(redis_url)
+    try:
+        worker.wait_ready(client, processes=2)
+        job_id = submit(redis_url, data, str(tmp_path / "m.npy"), out, queue, "--chunk-frames", "1")
+        wait_for(lambda: jobs.chunks_done(client, job_id) >= 5, 60, "5 chunks", interval=0.02)
+        ok(run_producer(redis_url, "cancel", job_id))
+        at_cancel = committed_files(out)
+        wait_for(
+            lambda: drained(as_json(redis_url, "status")["queues"][queue]),
+            60,
+            "the queue to drain",
+            interval=0.3,
+        )
+        time.sleep(0.5)
+        after = committed_files(out)
+        assert len(at_cancel) < 300
+        assert len(after - at_cancel) <= 2, "only the two running chunks may finish"
+        job = as_json(redis_url, "status", job_id)
+        assert job["state"] == "cancelled" and job["chunks_done"] == len(after)
+        assert not os.path.exists(out)
+    finally:
+        worker.stop()
+
+
+# --- resume ------------------------------------------------------------------------------
+
+
+def read_results(path: str) -> dict[str, bytes]:
+    with h5py.File(path, "r") as f:
+        return {k: f["results"][k][()].tobytes() for k in f["results"]}
+
+
+def test_resume_after_losing_all_redis_keys_matches_an_uninterrupted_run(
+    redis_url, tmp_path, redis_client
+):
+    frames = detector_frames(200, 32, 32, seed=9).astype(np.float32)
+    frames[3, 2, 2] = np.nan
+    data = write_stack(str(tmp_path / "in.h5"), frames, form="bslz4", chunk_frames=1)
+    np.save(tmp_path / "m.npy", (np.arange(32 * 32).reshape(32, 32) % 5).astype(np.int32))
+    mask = str(tmp_path / "m.npy")
+    queue = new_queue()
+    stats = ("--stats", "sum,mean,min,max,std", "--chunk-frames", "1")
+    ref, out = str(tmp_path / "ref.h5"), str(tmp_path / "out.h5")
+    client = connection.connect(redis_url)
+
+    first = start_worker(redis_url, str(tmp_path), queue=queue, concurrency=1)
+    try:
+        first.wait_ready(client)
+        ok(
+            run_producer(
+                redis_url,
+                "submit",
+                data,
+                "--mask",
+                mask,
+                "-o",
+                ref,
+                "--queue",
+                queue,
+                *stats,
+                "--wait",
+            ),
+            first,
+        )
+        job_id = submit(redis_url, data, mask, out, queue, *stats)
+        wait_for(lambda: jobs.chunks_done(client, job_id) >= 10, 60, "10 chunks", interval=0.02)
+    finally:
+        first.stop()
+    done_before = committed_files(out)
+    assert 10 <= len(done_before) < 200, "the job was interrupted part way"
+
+    # Redis loses every key of the job.
+    jobs.delete(client, job_id)
+    for key in redis_client.scan_iter(f"{C.KEY_PREFIX}job:{job_id}*"):
+        redis_client.delete(key)
+    assert not redis_client.keys(f"*{job_id}*")
+    lost = as_json(redis_url, "status", out)
+    assert lost["id"] == job_id and lost["state"] == "unknown"
+    assert lost["chunks_done"] == len(done_before) and lost["chunks_total"] == 200
+
+    res = run_producer(redis_url, "resume", out)
+    ok(res)
+    assert res.stdout.strip() == job_id
+    assert f"resumed: {200 - len(done_before)} of 200 chunks queued again" in res.stderr
+    job = as_json(redis_url, "status", job_id)
+    assert job["state"] == "queued" and job["chunks_done"] == len(done_before)
+    second = start_worker(redis_url, str(tmp_path), queue=queue, concurrency=1)
+    try:
+        second.wait_ready(client)
+        ok(run_producer(redis_url, "watch", out), second)
+    finally:
+        second.stop()
+    job = as_json(redis_url, "status", job_id)
+    assert job["state"] == "done" and job["frames_done"] == 200
+    # Only frames computed after the resume count towards its rate.
+    assert job["frames_per_s"] > 0
+    a, b = read_results(ref), read_results(out)
+    assert (
+        a.keys() == b.keys() == {"sum", "mean", "min", "max", "std", "pixel_count", "frame_index"}
+    )
+    for key in a:
+        assert a[key] == b[key], f"{key} differs from the uninterrupted run"
+
+
+# --- workers leave the list --------------------------------------------------------------
+
+
+def test_killed_worker_leaves_the_list_after_the_timeout(redis_url, tmp_path):
+    worker = start_worker(redis_url, str(tmp_path), queue=new_queue(), concurrency=1)
+    client = connection.connect(redis_url)
+    try:
+        worker.wait_ready(client)
+        (pid,) = worker.pids(client)
+        rows = worker_rows(redis_url, worker)
+        assert [w["pid"] for w in rows] == [pid] and rows[0]["current"] == ""
+        worker.kill()  # SIGKILL: no chance to deregister
+        killed = time.monotonic()
+        wait_for(lambda: not worker_rows(redis_url, worker), 20, "the killed worker to leave")
+        gone_after = time.monotonic() - killed
+        assert gone_after <= float(FAST_ENV["FRAMESTATS_WORKER_TIMEOUT"]) + 3
+    finally:
+        worker.stop()
+
+
+# --- status stays fast -------------------------------------------------------------------
+
+
+def test_status_is_fast_with_300_jobs(redis_url, redis_client):
+    prefix = f"perf{uuid.uuid4().hex[:6]}"
+    now = time.time()
+    pipe = redis_client.pipeline(transaction=False)
+    ids = [f"{prefix}{i:04d}" for i in range(300)]
+    for i, job_id in enumerate(ids):
+        state = monitor.STATES[i % len(monitor.STATES)]
+        pipe.hset(
+            C.job_key(job_id),
+            mapping={
+                "id": job_id,
+                "state": state,
+                "input": f"/data/scan{i}.h5",
+                "output": f"/data/scan{i}.reduced.h5",
+                "queue": f"perfq{i % 7}",
+                "n_chunks": 100,
+                "n_frames": 1000,
+                "frame_bytes": 8 * 1024 * 1024,
+                "frames_done": i,
+                "submitted": now - 100,
+                "started": now - 50,
+                "chunks_failed": 0,
+            },
+        )
+        pipe.sadd(C.job_done_key(job_id), *range(i % 50 + 1))
+        pipe.zadd(C.JOBS_INDEX, {job_id: now - 300 + i})
+    pipe.execute()
+    try:
+        t0 = time.perf_counter()
+        view = monitor.overview(connection.connect(redis_url), 30.0, limit=None)
+        in_process = time.perf_counter() - t0
+        assert in_process < 0.5, in_process
+        assert view["jobs_total"] >= 300 and len(view["jobs"]) >= 300
+        t0 = time.perf_counter()
+        res = run_producer(redis_url, "status", "--json", "--limit", "1000")
+        whole_command = time.perf_counter() - t0
+        doc = json.loads(ok(res))
+        rows = [r for r in doc["jobs"] if r["id"].startswith(prefix)]
+        assert [r["id"] for r in rows] == ids[::-1]  # newest first
+        assert [r["chunks_done"] for r in rows] == [i % 50 + 1 for i in range(300)][::-1]
+        assert [r["frames_done"] for r in rows] == list(range(300))[::-1]
+        assert {f"perfq{i}" for i in range(7)} <= set(doc["queues"])  # unfinished jobs' queues
+        print(
+            f"status: {in_process * 1000:.0f} ms in process, {whole_command * 1000:.0f} ms command"
+        )
+        assert whole_command < 3.0  # the interpreter's start dominates; see docs/monitoring.md
+    finally:
+        for job_id in ids:
+            jobs.delete(redis_client, job_id)
+
+
+def test_monitoring_commands_stay_import_light():
+    code = (
+        "import sys, producer.cli, producer.monitor, producer.jobs, producer.metrics; "
+        "print(sorted(m for m in ('numpy', 'h5py', 'celery', 'torch', 'matplotlib') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,113 @@
+"""The Celery application's configuration, in one place.
+
+Workers build their app here (the producer publishes with ``producer.wire`` and
+builds none). Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import Iterable
+from typing import Any
+
+from celery import Celery
+
+from framestats.constants import DEFAULT_QUEUE
+from framestats.errors import ConfigError
+from framestats.settings import Settings
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings: JSON only, late acks, bounded prefetch, fast redelivery."""
+    return {
+        "broker_url": settings.redis_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": 5,
+        # visibility_timeout: a message taken by a worker that died is handed out again
+        # after this long. The sweep that restores it runs on every worker at most every
+        # unacked_restore_interval seconds (kombu's default scans every 10 x 10 s), so a lost chunk
+        # comes back within about visibility_timeout + restore_interval.
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout,
+            "unacked_restore_interval": settings.restore_interval,
+            "unacked_restore_throttle": 1,
+            "socket_connect_timeout": 5,
+        },
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": settings.prefetch_multiplier,
+        "task_default_queue": DEFAULT_QUEUE,
+        "task_create_missing_queues": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": False,
+        "worker_hijack_root_logger": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        # After a broker reconnect Celery would lower the prefetch count by the tasks still
+        # running and raise it again as their acks arrive; that machinery has left workers
+        # idle after Redis restarts (celery#8796, #9054, #10205). At full prefetch a worker
+        # reserves at most one message per pool process too many meanwhile (the running
+        # task's own slot): late acks keep those safe.
+        "worker_enable_prefetch_count_reduction": False,
+        **_tls(settings.redis_url),
+    }
+
+
+def _tls(url: str) -> dict[str, Any]:
+    """For ``rediss://``: verify the server's certificate, as redis-py does for job state.
+
+    kombu alone would default to ``ssl_cert_reqs=CERT_NONE`` (no verification, only a
+    warning), handing the password to whoever answers. ``ssl_*`` parameters in the URL
+    (``?ssl_ca_certs=/ca.pem``, ``?ssl_cert_reqs=none``) still take precedence.
+    """
+    if not url.lower().startswith("rediss://"):
+        return {}
+    return {"broker_use_ssl": {"ssl_cert_reqs": ssl.CERT_REQUIRED}}
+
+
+def make_app(settings: Settings, include: Iterable[str] = ()) -> Celery:
+    from . import transport
+
+    transport.use()  # kombu's Redis transport with a fix for losing the broker
+    app = Celery("framestats", include=list(include))
+    app.conf.update(celery_config(settings))
+    return app
+
+
+#: Settings that name serializers a worker would decode; only JSON may appear in them.
+_SERIALIZER_SETTINGS = (
+    "accept_content",
+    "result_accept_content",
+    "task_serializer",
+    "result_serializer",
+    "event_serializer",
+)
+
+
+def check_safe(app: Celery) -> None:
+    """Refuse a configuration that would accept pickle (code execution from the queue).
+
+    Checks the settings in effect and those of a Celery config module named by
+    ``CELERY_CONFIG_MODULE`` (Celery's own variable): our settings override its
+    ``accept_content``, but a module asking for pickle is refused, not silently ignored.
+    """
+    sources: list[tuple[str, Any]] = [("in effect", app.conf)]
+    module = os.environ.get("CELERY_CONFIG_MODULE")
+    if module:
+        sources.append((f"set by CELERY_CONFIG_MODULE={module}", app.loader.conf))
+    for where, conf in sources:
+        for key in _SERIALIZER_SETTINGS:
+            value = conf.get(key) or conf.get("CELERY_" + key.upper())  # old-style names too
+            values = [value] if isinstance(value, str) else list(value or [])
+            bad = [str(v) for v in values if str(v).lower() not in ("json", "application/json")]
+            if bad:
+                raise ConfigError(
+                    f"unsafe Celery configuration: {key}={values!r} {where}; "
+                    "only JSON is allowed (pickle would run code sent through Redis)"
+                )
