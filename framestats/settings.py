@@ -58,7 +58,7 @@ class Settings:
     window: int = 64
     #: Largest uncompressed bytes per chunk task when --chunk-frames is not given (a
     #: small job gets smaller tasks, so every live worker process has some:
-    #: ``producer.plan.task_bytes_for``).
+    #: ``framestats.plan.task_bytes_for``).
     task_bytes: int = 256 * 1024 * 1024
     #: Seconds before Redis hands an unacknowledged message to another worker.
     visibility_timeout: int = 45

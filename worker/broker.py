@@ -1,6 +1,6 @@
 """The Celery application's configuration, in one place.
 
-Workers build their app here (the producer publishes with ``producer.wire`` and
+Workers build their app here (the producer publishes with ``framestats.wire`` and
 builds none). Importing this module does not import torch.
 """
 

@@ -13,7 +13,7 @@ Here the same moment raises a connection error, which the close path ignores as 
 ignores every other error of a broker that is gone. The messages stay in kombu's
 ``unacked`` hash and come back after the visibility timeout, as they would after a
 worker crash; Redis was unreachable anyway. ``use()`` (called by
-``producer.broker.make_app``) makes kombu load this class for ``redis://`` and
+``worker.broker.make_app``) makes kombu load this class for ``redis://`` and
 ``rediss://`` URLs, so URLs, logs and banners read as before.
 
 kombu also builds a new redis-py client object (a thin wrapper around the channel's

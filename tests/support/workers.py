@@ -15,7 +15,7 @@ import redis
 
 from framestats import constants as C
 
-#: Fast timings so fault tests stay cheap; production defaults live in producer.config.
+#: Fast timings so fault tests stay cheap; production defaults live in framestats.settings.
 FAST_ENV = {
     "FRAMESTATS_HEARTBEAT": "1",
     "FRAMESTATS_WORKER_TIMEOUT": "6",
