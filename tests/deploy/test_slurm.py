@@ -32,12 +32,12 @@ import numpy as np
 import pytest
 import redis
 
-from producer import constants as C
-from producer.paths import chunk_path
-from producer.results import read_chunk
+from framestats import constants as C
+from framestats.chunkfile import read_chunk
+from framestats.paths import chunk_path
 from producer.samples import detector_frames, ring_labels, write_stack
-from tests.reference import reference
-from tests.workers import FAST_ENV
+from tests.support.reference import reference
+from tests.support.workers import FAST_ENV
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(180)]
 
