@@ -48,6 +48,17 @@ class JobNotFound(UserError):
     """Raised when a job id or output path names no known job."""
 
 
+class JobStateError(UserError):
+    """Raised when a job's state forbids the request (resuming a job that still runs)."""
+
+
+class JobFolderError(FramestatsError):
+    """Raised when a job folder or a file in it is not what it must be (a link, a FIFO,
+    missing, outside DATA_ROOT); fails the job in a worker, exit code 2 in the CLI."""
+
+    exit_code = 2
+
+
 class BrokerUnavailable(FramestatsError):
     """Raised when Redis does not answer at the configured URL."""
 

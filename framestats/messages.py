@@ -144,6 +144,16 @@ class JobSpec:
             stop=self.boundaries[index + 1],
         )
 
+    def planned(self, task: ChunkTask) -> bool:
+        """Whether ``task`` is one of this job's chunks exactly as planned (messages can be
+        forged or left over from an earlier plan)."""
+        return (
+            task.job_id == self.job_id
+            and 0 <= task.index < self.n_chunks
+            and (task.start, task.stop)
+            == (self.boundaries[task.index], self.boundaries[task.index + 1])
+        )
+
     @property
     def manifest_path(self) -> str:
         return os.path.join(self.workdir, MANIFEST_NAME)
@@ -174,6 +184,8 @@ class JobSpec:
         return json.dumps(self.to_json(), indent=1)
 
     @classmethod
-    def load(cls, path: str) -> JobSpec:
-        with open(path, encoding="utf-8") as fh:
-            return cls.from_json(json.load(fh))
+    def loads(cls, text: str | bytes) -> JobSpec:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("a manifest is a JSON object")
+        return cls.from_json(data)

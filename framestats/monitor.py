@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import constants as C
-from .paths import chunk_index
+from .chunkfile import chunk_index
 
 #: Redis client (decode_responses=True); redis-py types every reply loosely.
 Client = Any

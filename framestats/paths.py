@@ -4,35 +4,13 @@ from __future__ import annotations
 
 import os
 
-from .constants import CHUNKS_DIR, WORKDIR_SUFFIX
+from .constants import WORKDIR_SUFFIX
 from .errors import PathNotAllowed
 
 
 def workdir_for(output: str) -> str:
     """The job folder for an output path: manifest, mask copy and committed chunks."""
     return os.path.abspath(output) + WORKDIR_SUFFIX
-
-
-#: The committed result files' ending (``producer.results`` writes and reads them).
-CHUNK_SUFFIX = ".chunk"
-#: The ending before 2026-11-27 (``.npz``): still read, so that a job a worker of an
-#: earlier version began finishes after an upgrade.
-LEGACY_CHUNK_SUFFIX = ".npz"
-
-
-def chunk_path(workdir: str, index: int, suffix: str = CHUNK_SUFFIX) -> str:
-    """Where chunk ``index``'s committed result lives (``LEGACY_CHUNK_SUFFIX``: where an
-    earlier version committed it)."""
-    return os.path.join(workdir, CHUNKS_DIR, f"{index:08d}{suffix}")
-
-
-def chunk_index(name: str) -> int | None:
-    """The chunk index a file name in the chunks folder commits, or None (temporary files)."""
-    for suffix in (CHUNK_SUFFIX, LEGACY_CHUNK_SUFFIX):
-        stem = name[: -len(suffix)]
-        if name.endswith(suffix) and stem.isdigit():
-            return int(stem)
-    return None
 
 
 def check_allowed(path: str, roots: tuple[str, ...]) -> str:

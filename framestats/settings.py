@@ -85,6 +85,8 @@ class Settings:
     #: with one process per GPU); CI's only failures of the whole-node kill tests came
     #: with 2 (bench/RESULTS.md).
     prefetch_multiplier: int = 1
+    #: Threads of torch's CPU operations in each worker process (one process per core).
+    torch_threads: int = 1
 
     def __post_init__(self) -> None:
         if self.prefetch_multiplier < 1:  # Celery reads 0 as "no limit"
@@ -114,6 +116,7 @@ class Settings:
             prefetch_multiplier=_int(
                 env, "FRAMESTATS_PREFETCH_MULTIPLIER", cls.prefetch_multiplier
             ),
+            torch_threads=_int(env, "FRAMESTATS_TORCH_THREADS", cls.torch_threads),
         )
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ state before any task, so every task refers to a manifest that exists.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import time
@@ -18,12 +19,13 @@ from typing import Any
 import numpy as np
 
 from . import __version__, connection, jobs
-from .chunkfile import write_atomic
-from .constants import CHUNKS_DIR, DEFAULT_QUEUE, DEFAULT_STATS, MASK_NAME, STATS
+from .constants import DEFAULT_QUEUE, DEFAULT_STATS, MANIFEST_NAME, MASK_NAME, STATS
 from .errors import OptionError, OutputError
 from .inputs import masks
+from .inputs.reach import check_environment
 from .inputs.selection import effective_range, parse_frames, parse_valid_range
 from .inputs.sources import Source, resolve_inputs, select
+from .jobdir import JobFolder
 from .messages import JobSpec
 from .paths import check_allowed, workdir_for
 from .plan import Plan, plan
@@ -96,11 +98,20 @@ def check_output(output: str, overwrite: bool) -> None:
     if os.path.exists(output) and not overwrite:
         raise OutputError(f"output exists: {output} (pass --overwrite to replace it)")
     workdir = workdir_for(output)
-    if os.path.exists(workdir) and not overwrite:
-        raise OutputError(
-            f"an unfinished job for {output} exists ({workdir}); "
-            f"continue it with 'producer resume {output}' or pass --overwrite"
-        )
+    if os.path.lexists(workdir) and not overwrite:
+        raise OutputError(_taken(output, workdir))
+
+
+def _taken(output: str, workdir: str) -> str:
+    """The one line for an output whose job folder exists: which job, what to do."""
+    from .resume import owner_of
+
+    owner = owner_of(workdir)
+    job = f"job {owner}" if owner else "an unfinished job"
+    return (
+        f"{job} is writing {output} ({workdir}); follow it with 'producer watch {output}', "
+        f"continue it with 'producer resume {output}', or pass --overwrite to replace it"
+    )
 
 
 def prepare(request: SubmitRequest, settings: Settings) -> Prepared:
@@ -114,7 +125,9 @@ def prepare(request: SubmitRequest, settings: Settings) -> Prepared:
         raise OptionError(f"invalid queue name {request.queue!r}")
     frames = parse_frames(request.frames) if request.frames is not None else None
     valid = parse_valid_range(request.valid_range) if request.valid_range is not None else None
-    resolved = resolve_inputs(request.inputs, request.dataset)
+    if settings.data_root:
+        check_environment(settings.data_root)
+    resolved = resolve_inputs(request.inputs, request.dataset, settings.data_root)
     if frames is not None:
         resolved = select(resolved, frames.indices(resolved.total_frames), frames.text)
     sources = list(resolved.sources)
@@ -135,8 +148,6 @@ def prepare(request: SubmitRequest, settings: Settings) -> Prepared:
     output = os.path.abspath(request.output or default_output(resolved.paths[0]))
     check_output(output, request.overwrite)
     if settings.data_root:
-        for path in resolved.files():
-            check_allowed(path, settings.data_root)
         check_allowed(output, settings.data_root)
     segments = [s.segment for s in sources]
     the_plan = plan(
@@ -189,22 +200,41 @@ def prepare(request: SubmitRequest, settings: Settings) -> Prepared:
     return Prepared(spec=spec, labels=labels, plan=the_plan, sources=sources)
 
 
-def write_workdir(spec: JobSpec, labels: np.ndarray, replace: bool) -> None:
-    """Create the job folder with the mask copy and the manifest (written last)."""
-    if replace and os.path.exists(spec.workdir):
-        shutil.rmtree(spec.workdir)
-    os.makedirs(os.path.join(spec.workdir, CHUNKS_DIR))
+def write_workdir(spec: JobSpec, labels: np.ndarray) -> None:
+    """Create the job folder with the mask copy and the manifest (written last); one
+    line (OutputError) when another submit took the folder first."""
+    try:
+        folder = JobFolder.create(spec.workdir)
+    except FileExistsError as exc:
+        raise OutputError(_taken(spec.output, spec.workdir)) from exc
+    with folder:
+        buf = io.BytesIO()
+        np.save(buf, labels.astype(np.int32))
+        folder.write_bytes(MASK_NAME, buf.getvalue())
+        folder.write_bytes(MANIFEST_NAME, spec.dumps().encode())
 
-    def save_mask(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            np.save(fh, labels.astype(np.int32))
 
-    def save_manifest(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(spec.dumps())
+def replace_workdir(client: Any, settings: Settings, spec: JobSpec) -> None:
+    """``--overwrite``: stop the job that owns the folder if it still runs, then remove
+    the folder (moved aside first, so the new one is a new folder whatever lingers)."""
+    from .resume import owner_of, stop
 
-    write_atomic(os.path.join(spec.workdir, MASK_NAME), save_mask)
-    write_atomic(spec.manifest_path, save_manifest)
+    if not os.path.lexists(spec.workdir):
+        return
+    owner = owner_of(spec.workdir)
+    if owner is not None and owner != spec.job_id:
+        stop(
+            client,
+            owner,
+            f"replaced by job {spec.job_id} (--overwrite)",
+            settings.visibility_timeout,
+        )
+    aside = f"{spec.workdir}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(spec.workdir, aside)
+    if os.path.isdir(aside) and not os.path.islink(aside):
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.unlink(aside)
 
 
 def enqueue(
@@ -253,6 +283,8 @@ def submit(request: SubmitRequest, settings: Settings) -> Prepared:
         fit_to_workers(prepared, settings, live, request.chunk_frames), live_processes=live
     )
     spec = prepared.spec
-    write_workdir(spec, prepared.labels, replace=request.overwrite)
+    if request.overwrite:
+        replace_workdir(client, settings, spec)
+    write_workdir(spec, prepared.labels)
     enqueue(spec, settings, client, range(spec.n_chunks))
     return prepared

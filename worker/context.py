@@ -6,17 +6,18 @@ mask is loaded and moved to the device once per job per process.
 
 from __future__ import annotations
 
-import os
+import io
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from framestats.chunkfile import ChunkResult
 from framestats.constants import MASK_NAME
 from framestats.errors import PermanentChunkError
+from framestats.jobdir import JobFolder, load_job
 from framestats.messages import ChunkTask, JobSpec
-from framestats.paths import check_allowed
 
 from .reader import FrameReader
 from .valuerange import ValueRange, fit_regions
@@ -31,6 +32,9 @@ class JobContext:
     labels: np.ndarray
     reader: FrameReader
     device: str
+    #: The job folder as this process opened it (commits go there, whatever replaces it);
+    #: None for a computation that commits nothing (benchmarks).
+    folder: JobFolder | None = None
     _reducer: Any = field(default=None, repr=False)
     #: ``--valid-range`` / detector saturation: out-of-range pixels count as NaN.
     value_range: ValueRange | None = field(default=None, repr=False)
@@ -67,8 +71,16 @@ class JobContext:
                 out[s][pos - start : pos - start + len(block)] = values[s]
         return out
 
+    def result(self, index: int, heartbeat: Any) -> ChunkResult:
+        """Chunk ``index`` computed, with who computed it where."""
+        start, stop = self.spec.boundaries[index], self.spec.boundaries[index + 1]
+        meta = {"worker": heartbeat.id, "device": heartbeat.device}
+        return ChunkResult(index, start, stop, self.compute(start, stop), meta)
+
     def close(self) -> None:
         self.reader.close()
+        if self.folder is not None:
+            self.folder.close()
         self._reducer = None
         if self.value_range is not None:
             self.value_range.close()
@@ -95,30 +107,20 @@ class JobCache:
         return ctx
 
     def load(self, manifest: str, job_id: str) -> JobContext:
-        spec = load_spec(manifest, job_id, self.data_root)
-        labels = np.load(os.path.join(spec.workdir, MASK_NAME), allow_pickle=False)
-        if labels.shape != tuple(spec.frame_shape):
-            raise PermanentChunkError(f"mask copy in {spec.workdir} does not match the job")
-        reader = FrameReader.for_device(spec, self.data_root, self.device)
-        return JobContext(spec=spec, labels=labels, reader=reader, device=self.device)
+        spec, folder = load_job(manifest, job_id, self.data_root)
+        try:
+            labels = np.load(io.BytesIO(folder.read(MASK_NAME)), allow_pickle=False)
+            if labels.shape != tuple(spec.frame_shape):
+                raise PermanentChunkError(f"mask copy in {spec.workdir} does not match the job")
+            reader = FrameReader.for_device(spec, self.data_root, self.device)
+        except BaseException:
+            folder.close()
+            raise
+        return JobContext(
+            spec=spec, folder=folder, labels=labels, reader=reader, device=self.device
+        )
 
     def drop(self, job_id: str) -> None:
         ctx = self._jobs.pop(job_id, None)
         if ctx is not None:
             ctx.close()
-
-
-def load_spec(manifest: str, job_id: str, data_root: tuple[str, ...]) -> JobSpec:
-    """The job's manifest, refusing any path outside DATA_ROOT (messages may be forged)."""
-    check_allowed(manifest, data_root)
-    try:
-        spec = JobSpec.load(manifest)
-    except FileNotFoundError as exc:
-        raise PermanentChunkError(f"job manifest not found: {manifest}") from exc
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise PermanentChunkError(f"job manifest unreadable: {manifest}: {exc}") from exc
-    if spec.job_id != job_id:
-        raise PermanentChunkError(f"manifest {manifest} belongs to job {spec.job_id}, not {job_id}")
-    for path in [spec.output, spec.workdir, *(s.path for s in spec.segments)]:
-        check_allowed(path, data_root)
-    return spec

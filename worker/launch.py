@@ -66,10 +66,11 @@ def celery_argv(concurrency: int, queues: Sequence[str], name: str, loglevel: st
 
 def run_node(concurrency: int, queues: Sequence[str], name: str, loglevel: str, device: str) -> int:
     """Run one Celery worker node in this process until warm shutdown."""
-    os.environ["FRAMESTATS_DEVICE"] = device
-    os.environ["FRAMESTATS_NODE"] = name
+    from . import runtime
     from .app import app
     from .broker import check_safe
+
+    runtime.NODE.update(name=name, device=device)  # the pool's processes inherit it
 
     check_safe(app)
     app.worker_main(argv=celery_argv(concurrency, queues, name, loglevel))

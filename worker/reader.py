@@ -29,6 +29,7 @@ import hdf5plugin  # noqa: F401  (registers Bitshuffle-LZ4, LZ4, Blosc, Zstd, ..
 import numpy as np
 
 from framestats.errors import PermanentChunkError, TransientChunkError
+from framestats.inputs.reach import check_reach, open_dataset
 from framestats.messages import JobSpec, Segment
 from framestats.paths import check_allowed
 
@@ -75,40 +76,6 @@ class BufferPool:
 
 #: This process's spare buffers (two: a reader's current and prefetched block).
 POOL = BufferPool()
-
-
-def check_links(f: h5py.File, name: str, roots: tuple[str, ...]) -> None:
-    """Refuse a dataset that HDF5 would read from a file outside DATA_ROOT.
-
-    External links (at any level of ``name``) and virtual-dataset sources are checked
-    before HDF5 follows them, resolved as HDF5 first tries them (relative to the file
-    holding them). A target missing there is refused too: HDF5 would go on to search
-    other folders (HDF5_EXT_PREFIX, HDF5_VDS_PREFIX, the working directory).
-    """
-    if not roots:
-        return
-    group: h5py.Group = f
-    for part in [p for p in name.split("/") if p]:
-        link = group.get(part, getlink=True)
-        if isinstance(link, h5py.ExternalLink):
-            _check_target(link.filename, group.file.filename, roots, f"external link in {name}")
-        obj = group.get(part)
-        if isinstance(obj, h5py.Dataset):
-            if obj.is_virtual:
-                for src in obj.virtual_sources():
-                    if src.file_name != ".":
-                        _check_target(src.file_name, obj.file.filename, roots, f"source of {name}")
-            return
-        if not isinstance(obj, h5py.Group):
-            return  # missing: the caller reports it
-        group = obj
-
-
-def _check_target(target: str, holder: str, roots: tuple[str, ...], what: str) -> None:
-    path = os.path.join(os.path.dirname(os.path.realpath(holder)), target)
-    check_allowed(path, roots)
-    if not os.path.exists(path):
-        raise PermanentChunkError(f"{what} names {target}, which is not at {path}")
 
 
 class FrameReader:
@@ -183,9 +150,10 @@ class FrameReader:
             except OSError as exc:
                 raise TransientChunkError(f"cannot open {seg.path}: {exc}") from exc
             self._files[seg.path] = f
+        if self.data_root:  # again on the file opened: it may have changed since submit
+            check_reach(f.filename, seg.dataset, self.data_root)
         try:
-            check_links(f, seg.dataset, self.data_root)
-            dset = self._dsets[(seg.path, seg.dataset)] = f[seg.dataset]
+            dset = self._dsets[(seg.path, seg.dataset)] = open_dataset(f, seg.dataset)
             return dset
         except KeyError as exc:
             raise PermanentChunkError(f"dataset {seg.dataset} missing in {seg.path}") from exc

@@ -17,7 +17,8 @@ import h5py
 import numpy as np
 
 from ..constants import NEXUS_DATASET
-from ..errors import InputError
+from ..errors import InputError, PathNotAllowed
+from .reach import check_reach, open_dataset
 
 T = TypeVar("T")
 
@@ -216,24 +217,49 @@ def list_datasets(f: h5py.File) -> list[h5py.Dataset]:
     return found
 
 
-def choose_dataset(f: h5py.File, path: str, name: str | None) -> h5py.Dataset:
-    """The dataset named by ``--dataset``, else /entry/data/data, else the only 3-D one."""
+def choose_dataset(
+    f: h5py.File, path: str, name: str | None, roots: tuple[str, ...] = ()
+) -> h5py.Dataset:
+    """The dataset named by ``--dataset``, else /entry/data/data, else the only 3-D one;
+    with ``roots``, every file it reaches is checked before it is opened. Opened as the
+    workers open it (``reach.open_dataset``)."""
     if name:
+        if roots:
+            check_reach(path, name, roots)
         obj = f.get(name)
         if obj is None:
             raise InputError(f"dataset {name} not found in {path}")
         if not isinstance(obj, h5py.Dataset):
             raise InputError(f"{name} in {path} is a group, not a dataset")
-        return obj
-    if isinstance(f.get(NEXUS_DATASET), h5py.Dataset):
-        return f[NEXUS_DATASET]
-    cubes = [d for d in list_datasets(f) if d.ndim == 3]
-    if not cubes:
-        raise InputError(f"no 3-D dataset in {path}; name one with --dataset")
-    if len(cubes) > 1:
-        names = ", ".join(d.name for d in cubes)
-        raise InputError(f"several 3-D datasets in {path} ({names}); choose one with --dataset")
-    return cubes[0]
+        del obj  # HDF5 opens a dataset with one set of access properties at a time
+        chosen = name
+    elif _reachable(path, NEXUS_DATASET, roots) and isinstance(f.get(NEXUS_DATASET), h5py.Dataset):
+        chosen = NEXUS_DATASET
+    else:
+        cubes = [d.name for d in list_datasets(f) if d.ndim == 3]
+        if not cubes:
+            raise InputError(f"no 3-D dataset in {path}; name one with --dataset")
+        if len(cubes) > 1:
+            names = ", ".join(cubes)
+            raise InputError(f"several 3-D datasets in {path} ({names}); choose one with --dataset")
+        chosen = cubes[0]
+        if roots:
+            check_reach(path, chosen, roots)
+    return open_dataset(f, chosen)
+
+
+def _reachable(path: str, name: str, roots: tuple[str, ...]) -> bool:
+    """Whether ``name`` can be read within ``roots`` (PathNotAllowed when it leads out;
+    False when it is missing or dangles)."""
+    if not roots:
+        return True
+    try:
+        check_reach(path, name, roots)
+    except PathNotAllowed:
+        raise
+    except InputError:
+        return False
+    return True
 
 
 def check_frames_dataset(dset: h5py.Dataset, path: str) -> None:

@@ -33,9 +33,8 @@ import pytest
 import redis
 
 from framestats import constants as C
-from framestats.chunkfile import read_chunk
-from framestats.paths import chunk_path
 from producer.samples import detector_frames, ring_labels, write_stack
+from tests.support.jobfiles import chunk_file, chunk_meta
 from tests.support.reference import reference
 from tests.support.workers import FAST_ENV
 
@@ -464,7 +463,7 @@ def stop_mid_chunk(
             if not cluster.owns(pid):
                 continue
             os.kill(pid, signal.SIGSTOP)
-            if not os.path.exists(chunk_path(workdir, index)):
+            if not os.path.exists(chunk_file(workdir, index)):
                 return pid, index
             os.kill(pid, signal.SIGCONT)  # it had just finished: let it go, catch another
     raise TimeoutError(f"no chunk of job {job_id} seen running")
@@ -605,7 +604,7 @@ def test_workers_compute_jobs_and_stop_warmly(
     assert "WorkerLostError" not in text and "signal 15" not in text, text[-3000:]
     # the held chunk was finished by that worker, and every chunk begun was committed once
     assert held_chunk in committed(client, job_id)
-    meta = read_chunk(workdir, held_chunk).meta
+    meta = chunk_meta(workdir, held_chunk)
     assert meta["worker"].startswith(f"slurm-{first}@"), meta
     begun = deliveries(client, job_id)
     assert set(begun) == committed(client, job_id), begun

@@ -27,7 +27,6 @@ import redis
 
 from framestats import constants as C
 from framestats import jobs
-from framestats.chunkfile import read_chunk
 from framestats.messages import JobState
 from framestats.settings import Settings
 from framestats.wire import read_task
@@ -288,7 +287,7 @@ def test_sigterm_mid_chunk_finishes_it(
         assert first.proc.wait(60) == 0, full_log(first)
         # Warm shutdown: the running chunk was finished (by this worker) before it exited.
         assert index in job.committed()
-        meta = read_chunk(job.workdir, index).meta
+        meta = job.chunk_meta(index)
         assert meta["worker"].startswith(first.name + "@")
         assert "state" in job.data() and job.state() == "running"
         second = start_ready(fault_redis.url(), str(tmp_path), queue, **worker_env)
@@ -313,7 +312,7 @@ def test_kill_during_finalize(
             job = submit_job(output)
             # Wait for the finalizer's temporary output file, then kill it mid-write.
             deadline = time.monotonic() + 90
-            while not any(n.startswith("out.h5.tmp-") for n in listdir(job.workdir)):
+            while not any(n.startswith(".out.h5.tmp-") for n in listdir(job.workdir)):
                 assert time.monotonic() < deadline, job.data()
                 assert not os.path.exists(output), "finalize finished before it could be killed"
             os.kill(pid, signal.SIGKILL)  # concurrency 1: the only pool process finalizes

@@ -33,6 +33,7 @@ from tests.faults.util import (
     Job,
     PrivateRedis,
     full_log,
+    load_manifest,
     make_tls,
     submit,
     wait_until,
@@ -174,7 +175,7 @@ def test_forged_messages_outside_data_root_are_refused(
             fault_redis.url(), fault_client, data, mask, fault_data.output("j.h5"), idle,
             env={"DATA_ROOT": fault_root},
         )  # fmt: skip
-        return job, JobSpec.load(os.path.join(job.workdir, "manifest.json"))
+        return job, load_manifest(os.path.join(job.workdir, "manifest.json"))
 
     trap = os.path.join(outside, "manifest.json")
     input_trap = os.path.join(outside, "frames.h5")
@@ -403,7 +404,7 @@ def test_hdf5_links_out_of_data_root_are_refused(
         fault_redis.url(), fault_client, data, mask, fault_data.output("j.h5"),
         "q-idle-" + uuid.uuid4().hex[:8], env={"DATA_ROOT": fault_root},
     )  # fmt: skip
-    spec = JobSpec.load(os.path.join(job.workdir, "manifest.json"))
+    spec = load_manifest(os.path.join(job.workdir, "manifest.json"))
     target = os.path.join(outside, "secret.h5")
     frames = detector_frames(16, 16, 16, seed=9)
     with h5py.File(target, "w") as f:

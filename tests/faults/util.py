@@ -24,7 +24,8 @@ import redis
 
 from framestats import constants as C
 from framestats import jobs
-from framestats.paths import chunk_index, chunk_path
+from framestats.chunkfile import chunk_index
+from tests.support.jobfiles import chunk_file, chunk_meta
 from tests.support.workers import WorkerProcess, run_producer, start_worker
 
 #: The job every fault test runs: gzip frames, so a chunk takes long enough to be
@@ -258,6 +259,9 @@ class Job:
         except FileNotFoundError:
             return set()
 
+    def chunk_meta(self, index: int) -> dict[str, Any]:
+        return chunk_meta(self.workdir, index)
+
     def deliveries(self) -> dict[int, int]:
         raw = self.client.hgetall(C.job_attempts_key(self.job_id))
         return {int(k): int(v) for k, v in raw.items()}
@@ -339,7 +343,7 @@ def kill_mid_chunk(
         for pid, index in running_chunks(client, worker, job.job_id).items():
             if skip(index) or not owned_by(pid, worker):
                 continue
-            if os.path.exists(chunk_path(job.workdir, index)):
+            if os.path.exists(chunk_file(job.workdir, index)):
                 continue
             os.kill(pid, sig)
             return pid, index
@@ -443,12 +447,12 @@ def kill_whole_worker(
         running = {
             index
             for pid, index in running_chunks(client, worker, job.job_id).items()
-            if owned_by(pid, worker) and not os.path.exists(chunk_path(job.workdir, index))
+            if owned_by(pid, worker) and not os.path.exists(chunk_file(job.workdir, index))
         }
         if running:
             worker.kill()
             killed_at = time.monotonic()
-            lost = {i for i in running if not os.path.exists(chunk_path(job.workdir, i))}
+            lost = {i for i in running if not os.path.exists(chunk_file(job.workdir, i))}
             seen = job.deliveries()
             return {i: seen.get(i, 0) for i in lost}, killed_at
         time.sleep(0.01)
@@ -479,18 +483,10 @@ def find_mid_chunk(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for pid, index in running_chunks(client, worker, job.job_id).items():
-            if owned_by(pid, worker) and not os.path.exists(chunk_path(job.workdir, index)):
+            if owned_by(pid, worker) and not os.path.exists(chunk_file(job.workdir, index)):
                 return pid, index
         time.sleep(0.01)
     raise TimeoutError(f"no chunk of job {job.job_id} seen running:\n{worker.log()}")
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not seen within {timeout} s: {what}")
-        time.sleep(0.02)
 
 
 def pool_pids(client: redis.Redis, worker: WorkerProcess) -> list[int]:

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from framestats import connection, jobs, monitor
 from framestats import constants as C
-from framestats.paths import chunk_index
+from framestats.chunkfile import chunk_index
 from producer.metrics import FramestatsCollector
 from producer.samples import detector_frames, write_stack
 from tests.support.workers import FAST_ENV, WorkerProcess, run_producer, start_worker

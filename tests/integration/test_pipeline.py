@@ -13,34 +13,12 @@ import pytest
 from framestats import constants as C
 from producer.samples import detector_frames, write_stack
 from tests.support.layouts import write_legacy_chunk
-from tests.support.reference import reference
+from tests.support.reference import check_against_reference, read_output, reference
 from tests.support.workers import WorkerProcess, run_producer, start_worker
 
 pytestmark = pytest.mark.integration
 
 ALL = ("sum", "mean", "count", "min", "max", "std")
-
-
-def read_output(path: str) -> dict[str, np.ndarray]:
-    with h5py.File(path, "r") as f:
-        return {k: f["results"][k][()] for k in f["results"]}
-
-
-def check_against_reference(
-    out: dict[str, np.ndarray], frames: np.ndarray, labels: np.ndarray, stats: tuple[str, ...]
-) -> None:
-    ref = reference(frames, labels, stats)
-    for s in stats:
-        if frames.dtype.kind in "ui" and s in ("sum", "count", "min", "max"):
-            np.testing.assert_array_equal(out[s], ref[s], err_msg=s)
-        else:
-            np.testing.assert_allclose(
-                out[s], ref[s], rtol=1e-12, atol=0, equal_nan=True, err_msg=s
-            )
-    k = int(labels.max())
-    np.testing.assert_array_equal(
-        out["pixel_count"], np.bincount(labels.ravel(), minlength=k + 1)[1:]
-    )
 
 
 CASES = [

@@ -1,0 +1,20 @@
+-- Record a committed chunk and take its successor, in one step.
+-- KEYS: job hash, done set, per-worker frames hash, metrics hash, pending list,
+--       successors hash.
+-- ARGV: chunk index, frames, bytes, worker id, now.
+-- Returns {chunks done (-1: unknown job), successor (false: none to publish)}. A
+-- duplicate delivery counts nothing; a job Redis forgot is not half re-created.
+if redis.call('exists', KEYS[1]) == 0 then return {-1, false} end
+if redis.call('sadd', KEYS[2], ARGV[1]) == 1 then
+  redis.call('hincrby', KEYS[1], 'frames_done', ARGV[2])
+  redis.call('hincrby', KEYS[1], 'bytes_done', ARGV[3])
+  redis.call('hset', KEYS[1], 'last_progress', ARGV[5])
+  redis.call('hincrby', KEYS[3], ARGV[4], ARGV[2])
+  redis.call('hincrby', KEYS[4], 'frames', ARGV[2])
+  redis.call('hincrby', KEYS[4], 'bytes', ARGV[3])
+  redis.call('hincrby', KEYS[4], 'chunks', 1)
+end
+local done = redis.call('scard', KEYS[2])
+local state = redis.call('hget', KEYS[1], 'state')
+if state ~= 'queued' and state ~= 'running' then return {done, false} end
+return {done, successor(KEYS[5], KEYS[6], ARGV[1])}
