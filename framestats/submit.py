@@ -35,7 +35,8 @@ class SubmitRequest:
     """What the user asked for, as parsed by the CLI."""
 
     inputs: tuple[str, ...]
-    mask: str
+    #: A mask spec (``FILE``, ``FILE.h5:/path``) or an array (the Python API).
+    mask: str | np.ndarray
     dataset: str | None = None
     output: str | None = None
     stats: tuple[str, ...] = DEFAULT_STATS
@@ -47,7 +48,7 @@ class SubmitRequest:
     frames: str | None = None
     mask_convention: str = "labels"
     invert: bool = False
-    exclude: tuple[str, ...] = ()
+    exclude: tuple[str | np.ndarray, ...] = ()
     #: Apply an Eiger master's pixel_mask and saturation value (``--no-detector-mask``).
     detector_mask: bool = True
     valid_range: str | None = None
@@ -63,6 +64,8 @@ class Prepared:
     sources: list[Source]
     #: Live worker processes taking from the job's queue when it was queued (None: not counted).
     live_processes: int | None = None
+    #: Masks passed as arrays, written into the job folder with the manifest.
+    mask_arrays: tuple[masks.ArrayMask, ...] = ()
 
 
 def parse_stats(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -120,19 +123,20 @@ def prepare(request: SubmitRequest, settings: Settings) -> Prepared:
     sources = list(resolved.sources)
     frame_shape = (int(sources[0].info.shape[1]), int(sources[0].info.shape[2]))
     detectors = resolved.detectors if request.detector_mask else ()
+    output = os.path.abspath(request.output or default_output(resolved.paths[0]))
+    mask, exclude = masks.keep_arrays(workdir_for(output), request.mask, tuple(request.exclude))
     built = masks.build(
-        request.mask,
+        mask,
         frame_shape,
         request.mask_convention,
         request.invert,
-        tuple(request.exclude),
+        exclude,
         tuple((d.master, d.pixel_mask) for d in detectors if d.pixel_mask),
     )
     labels, n_regions = built.labels, built.n_regions
     saturated = [d for d in detectors if d.saturation is not None]
     saturation = min(saturated, key=lambda d: d.saturation or 0) if saturated else None
     valid_range = effective_range(valid, saturation.saturation if saturation else None)
-    output = os.path.abspath(request.output or default_output(resolved.paths[0]))
     check_output(output, request.overwrite)
     if settings.data_root:
         for path in resolved.files():
@@ -186,11 +190,15 @@ def prepare(request: SubmitRequest, settings: Settings) -> Prepared:
             ),
         },
     )
-    return Prepared(spec=spec, labels=labels, plan=the_plan, sources=sources)
+    arrays = tuple(m for m in (mask, *exclude) if isinstance(m, masks.ArrayMask))
+    return Prepared(spec=spec, labels=labels, plan=the_plan, sources=sources, mask_arrays=arrays)
 
 
-def write_workdir(spec: JobSpec, labels: np.ndarray, replace: bool) -> None:
-    """Create the job folder with the mask copy and the manifest (written last)."""
+def write_workdir(
+    spec: JobSpec, labels: np.ndarray, replace: bool, arrays: Sequence[masks.ArrayMask] = ()
+) -> None:
+    """Create the job folder with the mask copy, masks given as ``arrays`` and the manifest
+    (written last)."""
     if replace and os.path.exists(spec.workdir):
         shutil.rmtree(spec.workdir)
     os.makedirs(os.path.join(spec.workdir, CHUNKS_DIR))
@@ -204,7 +212,14 @@ def write_workdir(spec: JobSpec, labels: np.ndarray, replace: bool) -> None:
             fh.write(spec.dumps())
 
     write_atomic(os.path.join(spec.workdir, MASK_NAME), save_mask)
+    for array in arrays:
+        write_atomic(array.file, lambda tmp, data=array.npy: _write_bytes(tmp, data))
     write_atomic(spec.manifest_path, save_manifest)
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
 
 
 def enqueue(
@@ -253,6 +268,6 @@ def submit(request: SubmitRequest, settings: Settings) -> Prepared:
         fit_to_workers(prepared, settings, live, request.chunk_frames), live_processes=live
     )
     spec = prepared.spec
-    write_workdir(spec, prepared.labels, replace=request.overwrite)
+    write_workdir(spec, prepared.labels, replace=request.overwrite, arrays=prepared.mask_arrays)
     enqueue(spec, settings, client, range(spec.n_chunks))
     return prepared

@@ -20,6 +20,8 @@ from framestats.chunkfile import is_committed, read_chunk, write_atomic
 from framestats.constants import MASK_NAME
 from framestats.messages import JobSpec
 
+from . import output
+
 
 def finalize(spec: JobSpec, finished: float | None = None) -> dict[str, Any]:
     """Assemble every committed chunk into the output file, atomically; returns a summary.
@@ -73,14 +75,9 @@ def finalize(spec: JobSpec, finished: float | None = None) -> dict[str, Any]:
 
     def write(tmp: str) -> None:
         with h5py.File(tmp, "w") as f:
-            grp = f.create_group("results")
+            datasets = output.create(f, spec, attrs, counts, frame_index)
             for s in spec.stats:
-                grp.create_dataset(s, data=out[s])
-            grp.create_dataset("pixel_count", data=counts)
-            grp.create_dataset("frame_index", data=frame_index)
-            grp.attrs["statistics"] = ",".join(spec.stats)
-            for k, v in attrs.items():
-                f.attrs[k] = v
+                datasets[s][...] = out[s]
 
     write_atomic(spec.output, write, tmp_dir=spec.workdir)
     return {"output": spec.output, "frames": spec.n_frames, "regions": spec.n_regions}
