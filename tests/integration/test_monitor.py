@@ -624,7 +624,7 @@ def test_status_is_fast_with_300_jobs(redis_url, redis_client):
 
 def test_monitoring_commands_stay_import_light():
     code = (
-        "import sys, producer.cli, producer.monitor, producer.jobs, producer.metrics; "
+        "import sys, producer.cli, framestats.monitor, framestats.jobs, producer.metrics; "
         "print(sorted(m for m in ('numpy', 'h5py', 'celery', 'torch', 'matplotlib') "
         "if m in sys.modules))"
     )
