@@ -233,7 +233,7 @@ class Job:
         elif progress:
             view = bars.TextBar(progress)
         else:
-            view = _Silent()
+            view = bars.Silent()
         with _talking_to(self.settings):
             data, _ = self._hash()
             if data is None and self._output_complete():
@@ -262,19 +262,6 @@ class Job:
     def cancel(self) -> bool:
         """``cancel(job.id)``: True when cancelled, False when it had already finished."""
         return cancel(self.id, settings=self.settings)
-
-
-class _Silent:
-    """A progress view that shows nothing."""
-
-    def update(self, data: dict[str, Any], rate: float) -> None:
-        pass
-
-    def note(self, text: str) -> None:
-        pass
-
-    def finish(self, data: dict[str, Any], rate: float) -> None:
-        pass
 
 
 # --- the functions -------------------------------------------------------------------

@@ -48,6 +48,19 @@ class View(Protocol):
         """The job's final hash, once; or the last one seen when following stops early."""
 
 
+class Silent:
+    """A view that shows nothing."""
+
+    def update(self, data: dict[str, Any], rate: float) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
+
+    def finish(self, data: dict[str, Any], rate: float) -> None:
+        pass
+
+
 class TextBar:
     """``render``'s line on ``out``: redrawn in place on a terminal (and in a notebook,
     which honours carriage returns), a new line every ``every`` seconds otherwise."""
