@@ -165,7 +165,7 @@ def submit(
     if job.note:
         click.echo(f"note: {job.note}", err=True)
     click.echo(job.id)
-    click.echo(f"queued {queued(spec)} -> {spec.output}", err=True)
+    click.echo(f"queued {_queued(spec)} -> {spec.output}", err=True)
     if job.live_processes == 0:
         click.echo(
             f"note: no live worker takes from queue {spec.queue}; "
@@ -181,7 +181,7 @@ def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def queued(spec: Any) -> str:
+def _queued(spec: Any) -> str:
     """'1 chunk of 64 frames (1 region)', '7 chunks of 8 frames (53 frames, 4 regions)'."""
     regions = _plural(spec.n_regions, "region")
     if spec.n_chunks == 1:
