@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Callable
 
 from .constants import WORKDIR_SUFFIX
 from .errors import PathNotAllowed
@@ -28,3 +30,22 @@ def check_allowed(path: str, roots: tuple[str, ...]) -> str:
         if real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep):
             return real
     raise PathNotAllowed(path, roots)
+
+
+def write_atomic(path: str, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` to a temporary file beside ``path`` (a name no other writer picks),
+    fsync it and rename it to ``path``: a reader sees no file or a whole one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -37,7 +37,8 @@ class SubmitRequest:
     """What the user asked for, as parsed by the CLI."""
 
     inputs: tuple[str, ...]
-    mask: str
+    #: A mask spec (``FILE``, ``FILE.h5:/path``) or an array (the Python API).
+    mask: str | np.ndarray
     dataset: str | None = None
     output: str | None = None
     stats: tuple[str, ...] = DEFAULT_STATS
@@ -49,7 +50,7 @@ class SubmitRequest:
     frames: str | None = None
     mask_convention: str = "labels"
     invert: bool = False
-    exclude: tuple[str, ...] = ()
+    exclude: tuple[str | np.ndarray, ...] = ()
     #: Apply an Eiger master's pixel_mask and saturation value (``--no-detector-mask``).
     detector_mask: bool = True
     valid_range: str | None = None
@@ -65,6 +66,8 @@ class Prepared:
     sources: list[Source]
     #: Live worker processes taking from the job's queue when it was queued (None: not counted).
     live_processes: int | None = None
+    #: Masks passed as arrays, written into the job folder with the manifest.
+    mask_arrays: tuple[masks.ArrayMask, ...] = ()
 
 
 def parse_stats(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -133,19 +136,20 @@ def prepare(request: SubmitRequest, settings: Settings) -> Prepared:
     sources = list(resolved.sources)
     frame_shape = (int(sources[0].info.shape[1]), int(sources[0].info.shape[2]))
     detectors = resolved.detectors if request.detector_mask else ()
+    output = os.path.abspath(request.output or default_output(resolved.paths[0]))
+    mask, exclude = masks.keep_arrays(workdir_for(output), request.mask, tuple(request.exclude))
     built = masks.build(
-        request.mask,
+        mask,
         frame_shape,
         request.mask_convention,
         request.invert,
-        tuple(request.exclude),
+        exclude,
         tuple((d.master, d.pixel_mask) for d in detectors if d.pixel_mask),
     )
     labels, n_regions = built.labels, built.n_regions
     saturated = [d for d in detectors if d.saturation is not None]
     saturation = min(saturated, key=lambda d: d.saturation or 0) if saturated else None
     valid_range = effective_range(valid, saturation.saturation if saturation else None)
-    output = os.path.abspath(request.output or default_output(resolved.paths[0]))
     check_output(output, request.overwrite)
     if settings.data_root:
         check_allowed(output, settings.data_root)
@@ -197,12 +201,15 @@ def prepare(request: SubmitRequest, settings: Settings) -> Prepared:
             ),
         },
     )
-    return Prepared(spec=spec, labels=labels, plan=the_plan, sources=sources)
+    arrays = tuple(m for m in (mask, *exclude) if isinstance(m, masks.ArrayMask))
+    return Prepared(spec=spec, labels=labels, plan=the_plan, sources=sources, mask_arrays=arrays)
 
 
-def write_workdir(spec: JobSpec, labels: np.ndarray) -> None:
-    """Create the job folder with the mask copy and the manifest (written last); one
-    line (OutputError) when another submit took the folder first."""
+def write_workdir(
+    spec: JobSpec, labels: np.ndarray, arrays: Sequence[masks.ArrayMask] = ()
+) -> None:
+    """Create the job folder with the mask copy, masks given as ``arrays`` and the manifest
+    (written last); one line (OutputError) when another submit took the folder first."""
     try:
         folder = JobFolder.create(spec.workdir)
     except FileExistsError as exc:
@@ -211,6 +218,8 @@ def write_workdir(spec: JobSpec, labels: np.ndarray) -> None:
         buf = io.BytesIO()
         np.save(buf, labels.astype(np.int32))
         folder.write_bytes(MASK_NAME, buf.getvalue())
+        for array in arrays:
+            folder.write_bytes(os.path.basename(array.file), array.npy)
         folder.write_bytes(MANIFEST_NAME, spec.dumps().encode())
 
 
@@ -285,6 +294,6 @@ def submit(request: SubmitRequest, settings: Settings) -> Prepared:
     spec = prepared.spec
     if request.overwrite:
         replace_workdir(client, settings, spec)
-    write_workdir(spec, prepared.labels)
+    write_workdir(spec, prepared.labels, arrays=prepared.mask_arrays)
     enqueue(spec, settings, client, range(spec.n_chunks))
     return prepared

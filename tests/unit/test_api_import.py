@@ -1,0 +1,50 @@
+"""``import framestats`` stays light, and its API names are the functions, not modules."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+HEAVY = ("torch", "celery", "kombu", "h5py", "redis", "numpy", "pandas", "xarray", "tqdm")
+
+
+def fresh(code: str) -> str:
+    """What ``code`` prints in a new interpreter."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_import_loads_nothing_heavy():
+    code = (
+        "import sys, framestats\n"
+        "framestats.submit, framestats.Job, framestats.status, framestats.errors\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    assert fresh(code) == "[]"
+
+
+def test_api_names_survive_importing_the_modules_of_the_same_names():
+    code = (
+        "import framestats, framestats.submit, framestats.resume, types\n"
+        "from framestats.submit import prepare\n"
+        "from framestats import jobs, submit\n"
+        "print(all(isinstance(f, types.FunctionType) for f in "
+        "(framestats.submit, framestats.resume, submit)), isinstance(jobs, types.ModuleType), "
+        "prepare.__module__)"
+    )
+    assert fresh(code) == "True True framestats.submit"
+
+
+def test_all_names_resolve():
+    import framestats
+
+    assert "open" not in framestats.__all__  # ``import *`` must not shadow the built-in
+    for name in [*framestats.__all__, "open"]:
+        assert getattr(framestats, name) is not None, name
+    assert set(framestats.__all__) <= set(dir(framestats))
+    try:
+        framestats.nothing_here  # noqa: B018
+    except AttributeError as exc:
+        assert "nothing_here" in str(exc)
+    else:
+        raise AssertionError("unknown names raise AttributeError")
