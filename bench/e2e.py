@@ -185,7 +185,7 @@ def plan_publish(redis_url: str, frames: int, folder: str) -> dict[str, float]:
     """
     from framestats import connection
     from framestats.settings import Settings
-    from framestats.submit import (
+    from framestats.submission import (
         SubmitRequest,
         enqueue,
         prepare,

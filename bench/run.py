@@ -171,7 +171,7 @@ def form_runners(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from framestats.settings import Settings
-    from framestats.submit import SubmitRequest, prepare
+    from framestats.submission import SubmitRequest, prepare
 
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)

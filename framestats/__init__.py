@@ -13,15 +13,13 @@ Importing it is light: no torch, Celery, h5py, redis-py or numpy is imported unt
 function needs them; the API's names are loaded on first use (PEP 562).
 
 ``framestats.submit`` and ``framestats.resume`` are the API's functions, although
-modules of those names exist: import from the modules (``from framestats.submit import
+modules of those names exist: import from the modules (``from framestats.submission import
 prepare``), not through the package's attribute.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import Any
 
 __version__ = "0.1.0"
@@ -57,17 +55,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_API))
-
-
-class _Package(types.ModuleType):
-    """The package: importing its ``submit`` or ``resume`` module leaves the API's
-    functions of those names in place (the import system sets a package attribute for
-    every submodule it loads; ``sys.modules`` still has the modules)."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if _API.get(name) and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

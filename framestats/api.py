@@ -356,9 +356,8 @@ def submit(
     ``UserError`` subclass (InputError, MaskError, OptionError, OutputError,
     PathNotAllowed) and an unreachable Redis BrokerUnavailable.
     """
-    # ``from . import submit`` would give this function: the package's attribute is the API
-    from .submit import SubmitRequest
-    from .submit import submit as submit_job
+    from .submission import SubmitRequest
+    from .submission import submit as submit_job
 
     cfg = _settings(settings, redis_url)
     request = SubmitRequest(
@@ -396,7 +395,7 @@ def resume(
 ) -> Job:
     """Queue again the chunks of a job (id or output path) that have no committed result;
     ``producer resume``. ``chunks_queued`` on the returned Job says how many."""
-    from .resume import resume as resume_job  # (the package's ``resume`` is this function)
+    from .control import resume as resume_job
 
     cfg = _settings(settings, redis_url)
     with _talking_to(cfg):
@@ -407,7 +406,7 @@ def resume(
 def cancel(job_id: str, *, redis_url: str | None = None, settings: Settings | None = None) -> bool:
     """Cancel a job (queued chunks are skipped, running ones finish, no output is written);
     ``producer cancel``. False when it had already finished; JobNotFound when unknown."""
-    from .resume import cancel as cancel_job
+    from .control import cancel as cancel_job
 
     cfg = _settings(settings, redis_url)
     with _talking_to(cfg):

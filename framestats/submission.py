@@ -107,7 +107,7 @@ def check_output(output: str, overwrite: bool) -> None:
 
 def _taken(output: str, workdir: str) -> str:
     """The one line for an output whose job folder exists: which job, what to do."""
-    from .resume import owner_of
+    from .control import owner_of
 
     owner = owner_of(workdir)
     job = f"job {owner}" if owner else "an unfinished job"
@@ -226,7 +226,7 @@ def write_workdir(
 def replace_workdir(client: Any, settings: Settings, spec: JobSpec) -> None:
     """``--overwrite``: stop the job that owns the folder if it still runs, then remove
     the folder (moved aside first, so the new one is a new folder whatever lingers)."""
-    from .resume import owner_of, stop
+    from .control import owner_of, stop
 
     if not os.path.lexists(spec.workdir):
         return

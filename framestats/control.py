@@ -41,7 +41,7 @@ def resume(target: str, settings: Settings) -> tuple[JobSpec, int]:
 
     Refused for a job that still runs: its chunks are queued or running already.
     """
-    from .submit import enqueue
+    from .submission import enqueue
 
     client = connection.connect(settings.redis_url)
     connection.ping(client, settings.redis_url_redacted)
