@@ -43,7 +43,7 @@ def _share(
     """One process's share: chunks [lo, hi) of the job, computed like a worker does."""
     from producer.messages import JobSpec
     from worker.context import JobContext
-    from worker.reader import FrameReader
+    from worker.read import FrameReader
 
     spec = JobSpec.from_json(spec_json)
     reader = FrameReader.for_device(spec, (), device)

@@ -213,7 +213,7 @@ def _worker_run(
     import torch
 
     from worker.context import JobContext
-    from worker.reader import FrameReader
+    from worker.read import FrameReader
 
     if compute == "cpu":
         torch.set_num_threads(1)  # a CPU worker process runs one torch thread

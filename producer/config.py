@@ -47,7 +47,7 @@ class Settings:
     ``FRAMESTATS_VISIBILITY_TIMEOUT``, ``FRAMESTATS_MAX_DELIVERIES``,
     ``FRAMESTATS_MAX_RETRIES``, ``FRAMESTATS_RETRY_BACKOFF``, ``FRAMESTATS_HEARTBEAT``,
     ``FRAMESTATS_WORKER_TIMEOUT``, ``FRAMESTATS_FINALIZE_LOCK_TTL``, ``FRAMESTATS_DEVICE``,
-    ``FRAMESTATS_PREFETCH_MULTIPLIER``.
+    ``FRAMESTATS_PREFETCH_MULTIPLIER``, ``FRAMESTATS_GPU_DECODE``.
     """
 
     #: Broker and job-state store; may carry a password (redis://:pw@host/0, rediss://).
@@ -85,8 +85,15 @@ class Settings:
     #: with one process per GPU); CI's only failures of the whole-node kill tests came
     #: with 2 (bench/RESULTS.md).
     prefetch_multiplier: int = 1
+    #: GPU workers decode Bitshuffle-LZ4 chunks on the device (nvCOMP): auto (where
+    #: nvCOMP loads), on (a GPU worker without it fails the job's chunks), off.
+    gpu_decode: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.gpu_decode not in ("auto", "on", "off"):
+            raise ValueError(
+                f"FRAMESTATS_GPU_DECODE must be auto, on or off, got {self.gpu_decode!r}"
+            )
         if self.prefetch_multiplier < 1:  # Celery reads 0 as "no limit"
             raise ValueError(
                 f"FRAMESTATS_PREFETCH_MULTIPLIER must be at least 1, got {self.prefetch_multiplier}"
@@ -114,6 +121,7 @@ class Settings:
             prefetch_multiplier=_int(
                 env, "FRAMESTATS_PREFETCH_MULTIPLIER", cls.prefetch_multiplier
             ),
+            gpu_decode=(env.get("FRAMESTATS_GPU_DECODE") or cls.gpu_decode).strip().lower(),
         )
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

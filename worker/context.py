@@ -18,7 +18,7 @@ from producer.errors import PermanentChunkError
 from producer.messages import ChunkTask, JobSpec
 from producer.paths import check_allowed
 
-from .reader import FrameReader
+from .read import FrameReader
 from .valuerange import ValueRange, fit_regions
 
 #: Jobs kept warm per process; older ones are closed.

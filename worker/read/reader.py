@@ -1,28 +1,31 @@
-"""Reading a job's frames from HDF5 into reused buffers (h5py only; knows nothing of torch).
+"""Reading a job's frames from HDF5 into reused buffers, decoded where it pays most.
 
 Blocks follow the dataset's HDF5 chunking along the frame axis, so every compressed
-chunk is decoded once, and ``read_direct`` fills buffers that outlive the reader: no
-fresh large allocation per block, nor per job (those cost a lot on these machines: the
-first read into a fresh 32 MiB array took 30-80 ms of page faults, ten times the read).
+chunk is decoded once. Each dataset is read by one of three paths, chosen when it is
+first opened and reported in ``FrameReader.decode_path`` (and logged once per job):
 
-Bitshuffle-LZ4/Zstd datasets are decoded by ``worker.decode`` (raw chunks, decoded in
-threads outside HDF5's lock) when it applies. A contiguous dataset stored in the job's
-dtype is read with ``os.preadv`` at its file offset, outside HDF5 and its lock: 6 % more
-GiB/s than ``read_direct`` from the page cache with two processes (15.6 against 14.6),
-the same bytes, and a file that ends early is an error (HDF5 reads zeros there);
-anything else (virtual, external, unallocated, another byte order) goes through HDF5.
+- ``"device"``: Bitshuffle-LZ4 chunks decoded on the GPU (``device_decode``), for a
+  worker on a CUDA device with nvCOMP installed, unless FRAMESTATS_GPU_DECODE=off;
+  blocks are torch tensors on that device, in the job's dtype;
+- ``"host"``: chunks decoded on the host's cores outside HDF5's lock (``host_decode``:
+  Bitshuffle-LZ4/Zstd, gzip with or without shuffle) into reused host buffers;
+- ``"hdf5"``: everything else, read by HDF5 (``read_direct``), or with ``os.preadv`` at
+  its file offset when it is a contiguous dataset in the job's dtype (no filter; a
+  file that ends early is then an error, where HDF5 reads zeros).
 
-With ``prefetch`` the next block is read into a second buffer while the caller reduces
-the current one: it pays where reading and reducing use different resources (a GPU
-worker), not where one core does both.
+Host buffers outlive the reader (``buffers.POOL``): no fresh large allocation per block
+nor per job. With ``prefetch`` the next block is read into a second buffer while the
+caller reduces the current one: it pays where reading and reducing use different
+resources (a GPU worker), not where one core does both.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import hdf5plugin  # noqa: F401  (registers Bitshuffle-LZ4, LZ4, Blosc, Zstd, ... with HDF5)
@@ -32,49 +35,37 @@ from producer.errors import PermanentChunkError, TransientChunkError
 from producer.messages import JobSpec, Segment
 from producer.paths import check_allowed
 
-from .decode import ChunkDecoder, default_threads
+from .buffers import POOL, BufferProvider
+from .errors import ChunkRefused
+from .host_decode import ChunkDecoder, default_threads
+
+if TYPE_CHECKING:  # torch is imported only where a dataset is decoded on a device
+    from .device_decode import BlockDecoder, DeviceDecoder
 
 #: Upper bound for one read; blocks are whole HDF5 chunks, at least one.
 DEFAULT_BLOCK_BYTES = 32 * 1024 * 1024
+#: The same for blocks decoded on the device (larger batches keep a GPU busy).
+DEVICE_BLOCK_BYTES = 128 * 1024 * 1024
+#: Decode paths, per dataset (``FrameReader.decode_paths``).
+DEVICE, HOST, HDF5 = "device", "host", "hdf5"
+#: FRAMESTATS_GPU_DECODE values.
+GPU_DECODE_CHOICES = ("auto", "on", "off")
 
-#: ``(frames, dtype) -> empty (frames, H, W) array or None``: where to read a block
-#: (e.g. ``MaskedReducer.host_buffer``, pinned memory the GPU reads without a host
-#: copy). It must hand out alternating buffers: an array must stay untouched until
-#: the one after next is asked for (the current and the prefetched block).
-BufferProvider = Callable[[int, np.dtype], np.ndarray | None]
+log = logging.getLogger("framestats.worker.read")
 
-
-class BufferPool:
-    """Spare read buffers (raw bytes) shared by the readers of one process.
-
-    Every job gets its own reader; taking its buffers from here spares each job's first
-    chunk in each process the page faults of fresh memory. A reader holds what it took
-    only during one ``blocks`` call, so two readers never share a buffer.
-    """
-
-    def __init__(self, keep: int = 2) -> None:
-        self.keep = keep
-        self._free: list[np.ndarray] = []
-        self._lock = threading.Lock()
-
-    def take(self, nbytes: int) -> np.ndarray:
-        """A uint8 array of at least ``nbytes`` (a spare one when one is big enough)."""
-        with self._lock:
-            for i, buf in enumerate(self._free):
-                if buf.nbytes >= nbytes:
-                    return self._free.pop(i)
-        return np.empty(nbytes, dtype=np.uint8)
-
-    def give(self, buf: np.ndarray) -> None:
-        """Return a buffer from ``take``; only the ``keep`` largest spares are kept."""
-        with self._lock:
-            self._free.append(buf)
-            self._free.sort(key=lambda b: b.nbytes, reverse=True)
-            del self._free[self.keep :]
+#: A planned block: (global first frame, frames, segment, dataset, dataset index).
+_Item = tuple[int, int, Segment, h5py.Dataset, int]
+#: A fetched block: (global first frame, frames, device work to wait for or None).
+_Block = tuple[int, Any, Any]
 
 
-#: This process's spare buffers (two: a reader's current and prefetched block).
-POOL = BufferPool()
+def _default_unshuffle(device: str) -> str:
+    """Triton's kernel on CUDA where Triton is installed, else the torch indexing."""
+    import torch
+
+    from .unshuffle import triton_usable
+
+    return "triton" if triton_usable(torch.device(device)) else "torch"
 
 
 def check_links(f: h5py.File, name: str, roots: tuple[str, ...]) -> None:
@@ -122,20 +113,38 @@ class FrameReader:
         decode_threads: int = 1,
         prefetch: bool = False,
         buffers: BufferProvider | None = None,
+        device: str = "cpu",
+        gpu_decode: str = "off",
+        block_decoder: BlockDecoder | None = None,
+        unshuffle: str | None = None,
+        device_block_bytes: int = DEVICE_BLOCK_BYTES,
     ) -> None:
         self.spec = spec
         self.data_root = data_root
         self.block_bytes = block_bytes
         self.dtype = np.dtype(spec.dtype).newbyteorder("=")
-        #: Threads decoding Bitshuffle chunks (0: always let HDF5 decode).
+        #: Threads decoding chunks on the host, or reading them for the device (0: always
+        #: let HDF5 decode).
         self.decode_threads = decode_threads
         self.prefetch = prefetch
         #: Supplies the buffers blocks are read into; None (or it returning None): our own.
         self.buffers = buffers
+        #: The device blocks decoded there are on (with ``gpu_decode``).
+        self.device = device
+        if gpu_decode not in GPU_DECODE_CHOICES:
+            raise ValueError(f"FRAMESTATS_GPU_DECODE must be one of {GPU_DECODE_CHOICES}")
+        self.gpu_decode = gpu_decode
+        self.device_block_bytes = device_block_bytes
+        #: The batched LZ4 decoder of the device path; None: no device path.
+        self.block_decoder = self._block_decoder(block_decoder)
+        #: Unshuffle strategy of the device path (``unshuffle.STRATEGIES``).
+        self.unshuffle = unshuffle or (_default_unshuffle(device) if self.block_decoder else "")
+        #: Decode path of each dataset opened so far, by (path, dataset).
+        self.decode_paths: dict[tuple[str, str], str] = {}
         self._files: dict[str, h5py.File] = {}
         #: Datasets opened (links checked once), by (path, dataset).
         self._dsets: dict[tuple[str, str], h5py.Dataset] = {}
-        self._decoders: dict[tuple[str, str], ChunkDecoder | None] = {}
+        self._decoders: dict[tuple[str, str], ChunkDecoder | DeviceDecoder | None] = {}
         #: (file descriptor, byte offset of frame 0) of contiguous datasets, by (path, dataset).
         self._direct: dict[tuple[str, str], tuple[int, int] | None] = {}
         #: Raw bytes of the two read slots, taken from ``pool`` for one ``blocks`` call.
@@ -150,26 +159,58 @@ class FrameReader:
         data_root: tuple[str, ...] = (),
         device: str = "cpu",
         buffers: BufferProvider | None = None,
+        gpu_decode: str | None = None,
     ) -> FrameReader:
         """A reader tuned for a worker on ``device``; FRAMESTATS_DECODE_THREADS and
-        FRAMESTATS_PREFETCH (0/1) override the choice.
+        FRAMESTATS_PREFETCH (0/1) override the choice, and ``gpu_decode`` (default:
+        the settings' FRAMESTATS_GPU_DECODE) says whether chunks are decoded on a GPU.
 
-        A GPU worker decodes on every core it may use and prefetches; a CPU worker (one
-        process per core) decodes in its own thread, which is still faster than HDF5's
-        filter pipeline (no per-chunk allocation and copy), and does not prefetch.
+        A GPU worker decodes on the device where it can, else on every core it may use,
+        and prefetches; a CPU worker (one process per core) decodes in its own thread,
+        which is still faster than HDF5's filter pipeline (no per-chunk allocation and
+        copy), and does not prefetch.
         """
         gpu = not str(device).startswith("cpu")
         threads = os.environ.get("FRAMESTATS_DECODE_THREADS", "auto").strip().lower()
         prefetch = os.environ.get("FRAMESTATS_PREFETCH", "auto").strip().lower()
         if threads in ("", "auto"):
             threads = str(default_threads() if gpu else 1)
+        if gpu_decode is None:
+            from producer.config import Settings
+
+            gpu_decode = Settings.from_env().gpu_decode
         return cls(
             spec,
             data_root,
             decode_threads=int(threads),
             prefetch=gpu if prefetch in ("", "auto") else prefetch in ("1", "true", "yes", "on"),
             buffers=buffers,
+            device=str(device),
+            gpu_decode=gpu_decode if gpu else "off",
         )
+
+    def _block_decoder(self, given: BlockDecoder | None) -> BlockDecoder | None:
+        """The LZ4 stage of the device path: ``given``, else nvCOMP on a CUDA device."""
+        if self.gpu_decode == "off":
+            return None
+        if given is not None:
+            return given
+        from .nvcomp import NvcompLZ4
+
+        found = NvcompLZ4.create() if self.device.startswith("cuda") else None
+        if found is None and self.gpu_decode == "on":
+            raise TransientChunkError(
+                f"FRAMESTATS_GPU_DECODE=on, but this worker ({self.device}) cannot decode on "
+                "the device: it needs CUDA and nvCOMP 6 (pip install 'framestats[gpu]')"
+            )
+        return found
+
+    @property
+    def decode_path(self) -> str | None:
+        """How this job's frames are decoded: "device", "host" or "hdf5" ("+"-joined when
+        its datasets differ); None before the first block is read."""
+        paths = list(dict.fromkeys(self.decode_paths.values()))
+        return "+".join(paths) if paths else None
 
     def _dataset(self, seg: Segment) -> h5py.Dataset:
         dset = self._dsets.get((seg.path, seg.dataset))
@@ -190,14 +231,45 @@ class FrameReader:
         except KeyError as exc:
             raise PermanentChunkError(f"dataset {seg.dataset} missing in {seg.path}") from exc
 
-    def _decoder(self, seg: Segment, dset: h5py.Dataset) -> ChunkDecoder | None:
+    def _decoder(self, seg: Segment, dset: h5py.Dataset) -> ChunkDecoder | DeviceDecoder | None:
         key = (seg.path, seg.dataset)
-        if key not in self._decoders:
-            usable = self.decode_threads > 0 and self.dtype == dset.dtype
-            self._decoders[key] = (
-                ChunkDecoder.for_dataset(dset, self.decode_threads) if usable else None
+        if key in self._decoders:
+            return self._decoders[key]
+        decoder: ChunkDecoder | DeviceDecoder | None = None
+        same = self.dtype == dset.dtype
+        if same and self.block_decoder is not None and self.decode_threads > 0:
+            import torch
+
+            from .device_decode import DeviceDecoder
+
+            decoder = DeviceDecoder.for_dataset(
+                dset,
+                self.block_decoder,
+                torch.device(self.device),
+                self.unshuffle,
+                io_threads=self.decode_threads,
             )
-        return self._decoders[key]
+        if decoder is None and same and self.decode_threads > 0:
+            decoder = ChunkDecoder.for_dataset(dset, self.decode_threads)
+        self._decoders[key] = decoder
+        path = DEVICE if decoder is not None and decoder.on_device else HOST if decoder else HDF5
+        if path not in self.decode_paths.values():
+            details = {
+                DEVICE: f"{getattr(self.block_decoder, 'name', '?')}, {self.unshuffle} unshuffle",
+                HOST: f"{self.decode_threads} threads",
+                HDF5: "no decoder of ours applies",
+            }
+            detail = details[path]
+            log.info(
+                "job %s: %s:%s decoded by %s (%s)",
+                self.spec.job_id,
+                seg.path,
+                seg.dataset,
+                path,
+                detail,
+            )
+        self.decode_paths[key] = path
+        return decoder
 
     def _contiguous(self, seg: Segment, dset: h5py.Dataset) -> tuple[int, int] | None:
         """Where a contiguous dataset's bytes start in its file, if they are the frames as
@@ -240,10 +312,11 @@ class FrameReader:
                 self.pool.give(raw)
                 self._buffers[slot] = None
 
-    def block_frames(self, dset: h5py.Dataset) -> int:
+    def block_frames(self, dset: h5py.Dataset, on_device: bool = False) -> int:
         per_chunk = int(dset.chunks[0]) if dset.chunks else 1
         frame_bytes = self.dtype.itemsize * self.spec.frame_shape[0] * self.spec.frame_shape[1]
-        chunks = max(1, self.block_bytes // max(1, frame_bytes * per_chunk))
+        budget = self.device_block_bytes if on_device else self.block_bytes
+        chunks = max(1, budget // max(1, frame_bytes * per_chunk))
         return chunks * per_chunk
 
     def _plan(self, start: int, stop: int) -> Iterator[tuple[int, int, Segment, h5py.Dataset, int]]:
@@ -253,7 +326,13 @@ class FrameReader:
             if lo >= hi:
                 continue
             dset = self._dataset(seg)
-            step_frames = self.block_frames(dset)
+            if seg.step == 1:
+                decoder = self._decoder(seg, dset)
+                on_device = decoder is not None and decoder.on_device
+            else:
+                self.decode_paths.setdefault((seg.path, seg.dataset), HDF5)
+                on_device = False
+            step_frames = self.block_frames(dset, on_device)
             pos = lo
             while pos < hi:
                 # Dataset index of this block's first frame; end on an HDF5 chunk boundary.
@@ -267,25 +346,68 @@ class FrameReader:
                 yield pos, n, seg, dset, first
                 pos += n
 
+    def _fetch(self, item: _Item, slot: int, host_slot: int) -> _Block:
+        """Read one block: into a host buffer, or enqueued on the device (see ``_ready``)."""
+        pos, n, seg, dset, first = item
+        decoder = self._decoder(seg, dset) if seg.step == 1 else None
+        if decoder is not None and not isinstance(decoder, ChunkDecoder):
+            try:
+                return pos, decoder.read(first, n, slot), (decoder, slot, item)
+            except ChunkRefused as exc:
+                raise self._refused(item, exc) from exc
+            except (OSError, RuntimeError, ValueError) as exc:
+                raise self._unreadable(item, exc) from exc
+        buf = self._buffer_for(n, host_slot)
+        self._read(pos, n, seg, dset, first, buf)
+        return pos, buf, None
+
+    def _ready(self, got: _Block) -> tuple[int, Any]:
+        """The block, once its device work has finished and checked out."""
+        pos, block, pending = got
+        if pending is not None:
+            decoder, slot, item = pending
+            try:
+                decoder.ready(slot)
+            except ChunkRefused as exc:
+                raise self._refused(item, exc) from exc
+        return pos, block
+
+    def _refused(self, item: _Item, exc: ChunkRefused) -> PermanentChunkError:
+        """The job's error for a chunk the device path refused: it names the chunk."""
+        pos, n, seg, dset, first = item
+        per = int(dset.chunks[0])
+        a, b = exc.chunk * per, min((exc.chunk + 1) * per, int(dset.shape[0]))
+        lo, hi = max(pos, pos + a - first), min(pos + n, pos + b - first)
+        return PermanentChunkError(
+            f"chunk {exc.chunk} of {seg.path}:{seg.dataset} (dataset frames {a}-{b}, job "
+            f"frames {lo}-{hi}) cannot be decoded: {exc.reason}",
+            frames=(lo, hi),
+        )
+
+    @staticmethod
+    def _unreadable(item: _Item, exc: Exception) -> TransientChunkError:
+        pos, n, seg, _dset, first = item
+        return TransientChunkError(
+            f"cannot read frames {pos}-{pos + n} ({seg.path}:{seg.dataset}[{first}:"
+            f"{first + n * seg.step}]): {exc}",
+            frames=(pos, pos + n),
+        )
+
     def _read(
         self, pos: int, n: int, seg: Segment, dset: h5py.Dataset, first: int, buf: np.ndarray
     ) -> None:
-        """Read one block into ``buf``."""
+        """Read one block into ``buf`` on the host."""
         decoder = self._decoder(seg, dset) if seg.step == 1 else None
         direct = self._contiguous(seg, dset) if seg.step == 1 and decoder is None else None
         try:
-            if decoder is not None:
+            if isinstance(decoder, ChunkDecoder):
                 decoder.read(first, buf)
             elif direct is not None:
                 self._pread(direct, first, buf)
             else:
                 dset.read_direct(buf, source_sel=np.s_[first : first + n * seg.step : seg.step])
         except (OSError, RuntimeError, ValueError) as exc:
-            raise TransientChunkError(
-                f"cannot read frames {pos}-{pos + n} ({seg.path}:{seg.dataset}[{first}:"
-                f"{first + n * seg.step}]): {exc}",
-                frames=(pos, pos + n),
-            ) from exc
+            raise self._unreadable((pos, n, seg, dset, first), exc) from exc
 
     @staticmethod
     def _pread(direct: tuple[int, int], first: int, buf: np.ndarray) -> None:
@@ -303,20 +425,20 @@ class FrameReader:
                 raise OSError(f"the file ends {view.nbytes - done} bytes before these frames do")
             done += got
 
-    def blocks(self, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+    def blocks(self, start: int, stop: int) -> Iterator[tuple[int, Any]]:
         """Yield (global first frame, frames) covering [start, stop); the arrays are reused.
 
-        A yielded array stays valid until the next one is asked for, and not after the
-        iteration ends (its memory goes back to the process's pool). With a buffer
-        provider, blocks are read into the arrays it hands out (one call per block, in
-        block order, from the prefetch thread when prefetching).
+        Frames are a numpy array on the host, or a torch tensor on the device for a
+        dataset decoded there. A yielded block stays valid until the next one is asked
+        for, and not after the iteration ends (its memory goes back to the process's
+        pool). With a buffer provider, host blocks are read into the arrays it hands out
+        (one call per block, in block order, from the prefetch thread when prefetching).
         """
         if not self.prefetch:
             try:
-                for pos, n, seg, dset, first in self._plan(start, stop):
-                    buf = self._buffer_for(n)
-                    self._read(pos, n, seg, dset, first, buf)
-                    yield pos, buf
+                for i, item in enumerate(self._plan(start, stop)):
+                    self._release_slot(i % 2)
+                    yield self._ready(self._fetch(item, i % 2, 0))
             finally:
                 self._release()
             return
@@ -325,25 +447,21 @@ class FrameReader:
         io = self._io
         plan = self._plan(start, stop)
 
-        def read(slot: int) -> tuple[int, np.ndarray] | None:
+        def read(slot: int) -> _Block | None:
             item = next(plan, None)
-            if item is None:
-                return None
-            pos, n, seg, dset, first = item
-            buf = self._buffer_for(n, slot)
-            self._read(pos, n, seg, dset, first, buf)
-            return pos, buf
+            return None if item is None else self._fetch(item, slot, slot)
 
         slot = 0
-        pending: Future[tuple[int, np.ndarray] | None] = io.submit(read, slot)
+        pending: Future[_Block | None] = io.submit(read, slot)
         try:
             while True:
                 got = pending.result()
                 if got is None:
                     return
                 slot ^= 1
+                self._release_slot(slot)
                 pending = io.submit(read, slot)  # the caller is done with this slot's last block
-                yield got
+                yield self._ready(got)
         finally:
             pending.cancel()
             try:
@@ -351,6 +469,12 @@ class FrameReader:
             except BaseException:  # already failing or closed: its error is not the news
                 pass
             self._release()
+
+    def _release_slot(self, slot: int) -> None:
+        """The caller is done with the blocks in ``slot`` (device decoders: on its stream)."""
+        for decoder in self._decoders.values():
+            if decoder is not None and not isinstance(decoder, ChunkDecoder):
+                decoder.release(slot)
 
     def close(self) -> None:
         if self._io is not None:
