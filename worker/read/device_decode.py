@@ -79,6 +79,15 @@ class BlockDecoder(Protocol):
     ) -> None: ...
 
 
+def nvcomp_on(device: str) -> BlockDecoder | None:
+    """nvCOMP's batched LZ4 for a CUDA ``device`` where CUDA and nvCOMP 6 are there."""
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return None
+    from .nvcomp import NvcompLZ4
+
+    return NvcompLZ4.create()
+
+
 def _grow(
     t: torch.Tensor | None, n: int, dtype: torch.dtype, device: Any, pin: bool = False
 ) -> torch.Tensor:

@@ -13,10 +13,9 @@ first opened and reported in ``FrameReader.decode_path`` (and logged once per jo
   its file offset when it is a contiguous dataset in the job's dtype (no filter; a
   file that ends early is then an error, where HDF5 reads zeros).
 
-Host buffers outlive the reader (``buffers.POOL``): no fresh large allocation per block
-nor per job. With ``prefetch`` the next block is read into a second buffer while the
-caller reduces the current one: it pays where reading and reducing use different
-resources (a GPU worker), not where one core does both.
+Host buffers outlive the reader (``buffers.POOL``). With ``prefetch`` the next block is
+read while the caller reduces the current one: it pays where reading and reducing use
+different resources (a GPU worker), not where one core does both.
 """
 
 from __future__ import annotations
@@ -53,19 +52,17 @@ GPU_DECODE_CHOICES = ("auto", "on", "off")
 
 log = logging.getLogger("framestats.worker.read")
 
+
+def _unshuffle_for(device: str) -> str:
+    from .unshuffle import default_strategy
+
+    return default_strategy(device)
+
+
 #: A planned block: (global first frame, frames, segment, dataset, dataset index).
 _Item = tuple[int, int, Segment, h5py.Dataset, int]
 #: A fetched block: (global first frame, frames, device work to wait for or None).
 _Block = tuple[int, Any, Any]
-
-
-def _default_unshuffle(device: str) -> str:
-    """Triton's kernel on CUDA where Triton is installed, else the torch indexing."""
-    import torch
-
-    from .unshuffle import triton_usable
-
-    return "triton" if triton_usable(torch.device(device)) else "torch"
 
 
 def check_links(f: h5py.File, name: str, roots: tuple[str, ...]) -> None:
@@ -138,7 +135,7 @@ class FrameReader:
         #: The batched LZ4 decoder of the device path; None: no device path.
         self.block_decoder = self._block_decoder(block_decoder)
         #: Unshuffle strategy of the device path (``unshuffle.STRATEGIES``).
-        self.unshuffle = unshuffle or (_default_unshuffle(device) if self.block_decoder else "")
+        self.unshuffle = unshuffle or (_unshuffle_for(device) if self.block_decoder else "")
         #: Decode path of each dataset opened so far, by (path, dataset).
         self.decode_paths: dict[tuple[str, str], str] = {}
         self._files: dict[str, h5py.File] = {}
@@ -191,13 +188,11 @@ class FrameReader:
 
     def _block_decoder(self, given: BlockDecoder | None) -> BlockDecoder | None:
         """The LZ4 stage of the device path: ``given``, else nvCOMP on a CUDA device."""
-        if self.gpu_decode == "off":
-            return None
-        if given is not None:
+        if self.gpu_decode == "off" or given is not None:
             return given
-        from .nvcomp import NvcompLZ4
+        from .device_decode import nvcomp_on
 
-        found = NvcompLZ4.create() if self.device.startswith("cuda") else None
+        found = nvcomp_on(self.device)
         if found is None and self.gpu_decode == "on":
             raise TransientChunkError(
                 f"FRAMESTATS_GPU_DECODE=on, but this worker ({self.device}) cannot decode on "
@@ -253,23 +248,29 @@ class FrameReader:
             decoder = ChunkDecoder.for_dataset(dset, self.decode_threads)
         self._decoders[key] = decoder
         path = DEVICE if decoder is not None and decoder.on_device else HOST if decoder else HDF5
+        self._note_path(seg, path)
+        return decoder
+
+    def _note_path(self, seg: Segment, path: str) -> None:
+        """Record a dataset's decode path; log it when the job had not used it yet."""
+        key = (seg.path, seg.dataset)
+        if key in self.decode_paths:
+            return
         if path not in self.decode_paths.values():
             details = {
                 DEVICE: f"{getattr(self.block_decoder, 'name', '?')}, {self.unshuffle} unshuffle",
                 HOST: f"{self.decode_threads} threads",
-                HDF5: "no decoder of ours applies",
+                HDF5: "HDF5's filters or plain reads",
             }
-            detail = details[path]
             log.info(
                 "job %s: %s:%s decoded by %s (%s)",
                 self.spec.job_id,
                 seg.path,
                 seg.dataset,
                 path,
-                detail,
+                details[path],
             )
         self.decode_paths[key] = path
-        return decoder
 
     def _contiguous(self, seg: Segment, dset: h5py.Dataset) -> tuple[int, int] | None:
         """Where a contiguous dataset's bytes start in its file, if they are the frames as
@@ -330,7 +331,7 @@ class FrameReader:
                 decoder = self._decoder(seg, dset)
                 on_device = decoder is not None and decoder.on_device
             else:
-                self.decode_paths.setdefault((seg.path, seg.dataset), HDF5)
+                self._note_path(seg, HDF5)
                 on_device = False
             step_frames = self.block_frames(dset, on_device)
             pos = lo

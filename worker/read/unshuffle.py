@@ -78,6 +78,11 @@ def triton_usable(device: torch.device) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def default_strategy(device: str) -> str:
+    """Triton's kernel where it runs on ``device``, else the torch indexing."""
+    return "triton" if triton_usable(torch.device(device)) else "torch"
+
+
 def unshuffle(
     src: torch.Tensor,
     dst: torch.Tensor,

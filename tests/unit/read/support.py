@@ -44,8 +44,11 @@ def spec_for(segments: list[Segment], frame_shape, dtype) -> JobSpec:
 
 
 def read_all(reader: FrameReader, start: int, stop: int, shape) -> np.ndarray:
+    """Frames [start, stop) through ``reader.blocks``, on the host (device blocks copied)."""
     out = np.empty((stop - start, *shape), dtype=reader.dtype)
     for pos, block in reader.blocks(start, stop):
+        if hasattr(block, "cpu"):  # a torch tensor, maybe on a GPU
+            block = block.cpu().numpy()
         out[pos - start : pos - start + len(block)] = block
     return out
 
@@ -63,3 +66,15 @@ DECODED = (BSLZ4, BSZSTD) + ((GZIP_SHUFFLE, GZIP) if HAS_DEFLATE else ())
 def decoded(filters: dict) -> bool:
     """Whether the reader's own decoder (not HDF5) should handle these filters here."""
     return any(filters is f for f in DECODED)
+
+
+def raw_chunks(path, frames: np.ndarray, per: int, **filters) -> list[bytes]:
+    """The raw chunks hdf5plugin writes for ``frames`` in chunks of ``per`` frames."""
+    make_file(path, frames, per, **(filters or BSLZ4))
+    with h5py.File(path, "r") as f:
+        d = f[DSET]
+        return [d.id.read_direct_chunk((k * per, 0, 0))[1] for k in range(-(-len(frames) // per))]
+
+
+def chunk_bytes_of(frames: np.ndarray, per: int) -> int:
+    return per * frames[0].nbytes
