@@ -118,6 +118,22 @@ class _Slot:
     check: tuple[np.ndarray, np.ndarray, int] | None = None
 
 
+@dataclass
+class _Batch:
+    """A block staged for decoding: its slot, frames, chunks and block table."""
+
+    slot: _Slot
+    first: int
+    n: int
+    c0: int
+    chunks: np.ndarray
+    starts: np.ndarray
+    left: list[int]
+    table: bitshuffle.BlockTable
+    tails: int
+    out_base: torch.Tensor
+
+
 class DeviceDecoder:
     """Reads frames of one Bitshuffle-LZ4 dataset, decoding its chunks on ``device``."""
 
@@ -227,6 +243,15 @@ class DeviceDecoder:
         The tensor is ready once ``ready(slot_no)`` returned, and stays valid until the
         slot is read into again.
         """
+        return self.decode(self.stage(first, n, slot_no))
+
+    def _on_stream(self) -> Any:
+        return (
+            torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+        )
+
+    def stage(self, first: int, n: int, slot_no: int) -> _Batch:
+        """Read, check and upload the chunks of frames [first, first + n) (``read``'s first half)."""
         slot = self._slots[slot_no]
         c0 = first // self.per_chunk
         c1 = -(-(first + n) // self.per_chunk)
@@ -239,13 +264,12 @@ class DeviceDecoder:
         staged = int(where[-1] + self.index.sizes[chunks[-1]]) if len(chunks) else 0
         frame_bytes = (c1 - c0) * self.chunk_bytes
         dev = self.device
-        table_host = slot.table_host = _grow(
-            slot.table_host, 6 * nb + 2 * t, torch.int64, "cpu", self.cuda
-        )
-        d = slot.table = _grow(slot.table, 6 * nb + 2 * t, torch.int64, dev)
+        size = 6 * nb + 2 * t
+        table_host = slot.table_host = _grow(slot.table_host, size, torch.int64, "cpu", self.cuda)
+        d = slot.table = _grow(slot.table, size, torch.int64, dev)
         comp = slot.comp = _grow(slot.comp, staged, torch.uint8, dev)
         frames = slot.frames = _grow(slot.frames, frame_bytes, torch.uint8, dev)
-        statuses = slot.statuses = _grow(slot.statuses, nb, torch.int32, dev)
+        slot.statuses = _grow(slot.statuses, nb, torch.int32, dev)
         staging = slot.staging
         assert staging is not None
         fused = self.lz4.unshuffles
@@ -263,14 +287,23 @@ class DeviceDecoder:
         host[4 * nb : 5 * nb] = table.out_offsets
         host[5 * nb : 6 * nb] = 0
         host[6 * nb : 6 * nb + t] = tail_src
-        host[6 * nb + t : 6 * nb + 2 * t] = tail_dst
-        with (
-            torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
-        ):
+        host[6 * nb + t : size] = tail_dst
+        with self._on_stream():
             if slot.released is not None:
                 self.stream.wait_event(slot.released)  # type: ignore[union-attr]
-            d[: 6 * nb + 2 * t].copy_(table_host[: 6 * nb + 2 * t], non_blocking=True)
+            d[:size].copy_(table_host[:size], non_blocking=True)
             comp[:staged].copy_(staging[:staged], non_blocking=True)
+        # First block of each chunk (a chunk of fewer than 8 elements has none).
+        bounds = (chunks - c0) * self.chunk_bytes
+        starts = np.searchsorted(table.out_offsets, bounds, "left").astype(np.int64)
+        return _Batch(slot, first, n, c0, chunks, starts, left, table, t, out_base)
+
+    def decode(self, batch: _Batch) -> torch.Tensor:
+        """Decode a staged batch on the device (``read``'s second half); its frames."""
+        slot, table, nb, t = batch.slot, batch.table, batch.table.blocks, batch.tails
+        d, frames, statuses, comp = slot.table, slot.frames, slot.statuses, slot.comp
+        assert d is not None and frames is not None and statuses is not None and comp is not None
+        with self._on_stream():
             if nb:
                 self.lz4.decompress(
                     d[0:nb],
@@ -283,9 +316,9 @@ class DeviceDecoder:
                     int(table.out_sizes.sum()),
                     self.stream.cuda_stream if self.stream is not None else 0,
                 )
-                if not fused:
+                if not self.lz4.unshuffles:
                     unshuffle(
-                        out_base,
+                        batch.out_base,
                         frames,
                         d[4 * nb : 5 * nb],
                         d[2 * nb : 3 * nb],
@@ -295,22 +328,20 @@ class DeviceDecoder:
                     )
             if t:
                 frames[d[6 * nb + t : 6 * nb + 2 * t]] = comp[d[6 * nb : 6 * nb + t]]
-            for k in left:
-                self._host_chunk(k, frames[(k - c0) * self.chunk_bytes :][: self.chunk_bytes])
+            for k in batch.left:
+                at = (k - batch.c0) * self.chunk_bytes
+                self._host_chunk(k, frames[at : at + self.chunk_bytes])
             if nb:
                 bad = (statuses[:nb] != 0) | (d[5 * nb : 6 * nb] != d[2 * nb : 3 * nb])
-                flag = bad.any().to(torch.int32).reshape(1)
                 slot.flag_host = _grow(slot.flag_host, 1, torch.int32, "cpu", self.cuda)
-                slot.flag_host[:1].copy_(flag, non_blocking=True)
+                slot.flag_host[:1].copy_(bad.any().to(torch.int32).reshape(1), non_blocking=True)
             if self.stream is not None:
                 slot.done = self.stream.record_event()
-        # First block of each chunk (a chunk of fewer than 8 elements has none).
-        bounds = (chunks - c0) * self.chunk_bytes
-        starts = np.searchsorted(table.out_offsets, bounds, "left").astype(np.int64)
-        slot.check = (chunks, starts, nb)
-        skip = (first - c0 * self.per_chunk) * (self.chunk_bytes // self.per_chunk)
-        raw = frames[skip : skip + n * (self.chunk_bytes // self.per_chunk)]
-        return raw.view(self.dtype).view(n, *self.frame_shape)
+        slot.check = (batch.chunks, batch.starts, nb)
+        frame = self.chunk_bytes // self.per_chunk
+        skip = (batch.first - batch.c0 * self.per_chunk) * frame
+        raw = frames[skip : skip + batch.n * frame]
+        return raw.view(self.dtype).view(batch.n, *self.frame_shape)
 
     def _host_chunk(self, chunk: int, out: torch.Tensor) -> None:
         """One chunk decoded on the host (or read by HDF5) and copied to ``out``."""
