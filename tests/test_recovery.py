@@ -17,7 +17,7 @@ from producer import constants as C
 from producer import jobs, wire
 from producer.constants import TASK_FINALIZE, TASK_REDUCE
 from producer.messages import JobSpec, Segment
-from tests.test_reader import spec_for
+from tests.unit.read.support import spec_for
 from worker.recovery import Sweeper, sweep
 
 pytestmark = pytest.mark.integration

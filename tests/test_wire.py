@@ -10,7 +10,7 @@ from producer.config import Settings
 from producer.constants import TASK_FINALIZE, TASK_REDUCE
 from producer.messages import Segment
 from producer.wire import publish_chunks, publish_finalize, read_task
-from tests.test_reader import spec_for
+from tests.unit.read.support import spec_for
 
 #: Fields that differ between any two messages (fresh ids, the sending process).
 VOLATILE = {"id", "root_id", "origin", "correlation_id", "reply_to", "delivery_tag"}
