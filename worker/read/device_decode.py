@@ -94,7 +94,9 @@ def _grow(
     """``t`` if it holds ``n`` elements, else a new empty tensor (reused across blocks)."""
     if t is not None and t.numel() >= n:
         return t
-    size = max(n, 1) + max(n, 1) // 8  # some room, so slowly growing blocks reallocate rarely
+    # Some room, so slowly growing blocks reallocate rarely; whole 64-byte lines, so any
+    # element type can view it.
+    size = -(-(max(n, 1) + max(n, 1) // 8) // 64) * 64
     return torch.empty(size, dtype=dtype, device=device, pin_memory=pin)
 
 
@@ -245,10 +247,13 @@ class DeviceDecoder:
         """
         return self.decode(self.stage(first, n, slot_no))
 
-    def _on_stream(self) -> Any:
-        return (
-            torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
-        )
+    def _on_stream(self) -> contextlib.ExitStack:
+        """Work enqueued inside runs on the decoder's device and stream (any thread)."""
+        stack = contextlib.ExitStack()
+        if self.stream is not None:
+            stack.enter_context(torch.cuda.device(self.device))
+            stack.enter_context(torch.cuda.stream(self.stream))
+        return stack
 
     def stage(self, first: int, n: int, slot_no: int) -> _Batch:
         """Read, check and upload the chunks of frames [first, first + n) (``read``'s first half)."""

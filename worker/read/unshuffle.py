@@ -110,7 +110,8 @@ def unshuffle(
         groups = largest // (8 * itemsize)
         grid = (offsets.numel(), max(1, -(-groups // TILE)))
         acc = _tl_int(itemsize)
-        kernel[grid](src, dst.view(_SIGNED[itemsize]), offsets, sizes, itemsize, TILE, acc)
+        whole = dst[: dst.numel() // itemsize * itemsize]  # a view needs whole elements
+        kernel[grid](src, whole.view(_SIGNED[itemsize]), offsets, sizes, itemsize, TILE, acc)
         return
     _unshuffle_torch(src, dst, offsets, sizes, itemsize, host_sizes)
 

@@ -243,3 +243,22 @@ def test_choosing_the_path(tmp_path, monkeypatch):
     read_all(hdf5, 0, 2, (8, 8))
     assert hdf5.decode_path == "hdf5"
     hdf5.close()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+@pytest.mark.parametrize(("dtype", "shape"), [("uint16", (37, 41)), ("float32", (19, 23))])
+def test_device_path_with_the_triton_kernel_in_its_interpreter(tmp_path, monkeypatch, dtype, shape):
+    from worker.read import unshuffle
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    unshuffle._kernel.cache_clear()
+    frames = frames_of(5, *shape, dtype)
+    path = make_file(tmp_path / "a.h5", frames, 2, **BSLZ4)
+    spec = spec_for([Segment(path, DSET, 0, 5)], shape, dtype)
+    reader = device_reader(spec, unshuffle="triton", prefetch=True)
+    try:
+        got = read_all(reader, 1, 5, shape)
+        np.testing.assert_array_equal(got.view(np.uint8), frames[1:5].view(np.uint8))
+    finally:
+        reader.close()
+        unshuffle._kernel.cache_clear()
