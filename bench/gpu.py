@@ -49,6 +49,8 @@ from producer.samples import detector_frames  # noqa: E402
 
 RESULTS = os.path.join(HERE, "RESULTS-gpu.md")
 RECORDS = os.path.join(HERE, "results-gpu.json")
+#: The run's section of RESULTS-gpu.md lies between these (notes around it are kept).
+BEGIN, END = "<!-- bench.gpu:begin -->", "<!-- bench.gpu:end -->"
 #: "cuda", or "cpu" for --dry-run (checks this script on a machine without a GPU).
 DEVICE = "cuda"
 #: The stacks: name -> (frames, distinct frames, height, width, dtype); --dry-run's.
@@ -300,6 +302,22 @@ def append_record(obj: dict[str, Any], path: str = RECORDS) -> None:
     os.replace(path + ".tmp", path)
 
 
+def write_section(text: str, path: str = RESULTS) -> None:
+    """Replace the run's section of ``path`` (between the markers), keep the rest."""
+    old = ""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            old = fh.read()
+    block = f"{BEGIN}\n{text}{END}\n"
+    if BEGIN in old and END in old:
+        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END) + 1 :]
+    else:
+        new = old.rstrip("\n") + "\n\n" + block
+    with open(path + ".tmp", "w", encoding="utf-8") as fh:
+        fh.write(new)
+    os.replace(path + ".tmp", path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=3, help="repetitions (medians)")
@@ -346,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     obj = record(info, results)
     text = "\n".join(
         [
-            "# GPU worker benchmark (`python -m bench.gpu`)",
+            "## The latest run",
             "",
             f"{obj['date']}; {info['gpu']}; host {info['host']}; h5py {h5py.__version__}, "
             f"hdf5plugin {hdf5plugin.version}.",
@@ -366,8 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(json.dumps({k: v for k, v in obj.items() if k != "stacks"}))
     if not args.no_write:
-        with open(RESULTS, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        write_section(text)
         append_record(obj, args.json)
     print(f"bench.gpu: done in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return 0
