@@ -226,7 +226,9 @@ class DeviceDecoder:
         left = [k for k in range(c0, c1) if k not in taken]
         return np.array(chunks, dtype=np.int64), np.array(where, dtype=np.int64), left
 
-    def _parse(self, slot: _Slot, chunks: np.ndarray, where: np.ndarray, c0: int):  # type: ignore[no-untyped-def]
+    def _parse(
+        self, slot: _Slot, chunks: np.ndarray, where: np.ndarray, c0: int
+    ) -> bitshuffle.BlockTable:
         assert slot.staging is not None
         sizes = self.index.sizes[chunks]
         dst = (chunks - c0) * self.chunk_bytes

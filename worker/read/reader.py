@@ -371,6 +371,8 @@ class FrameReader:
                 decoder.ready(slot)
             except ChunkRefused as exc:
                 raise self._refused(item, exc) from exc
+            except RuntimeError as exc:  # a CUDA error: another try may succeed
+                raise self._unreadable(item, exc) from exc
         return pos, block
 
     def _refused(self, item: _Item, exc: ChunkRefused) -> PermanentChunkError:
