@@ -163,9 +163,8 @@ class FrameReader:
         the settings' FRAMESTATS_GPU_DECODE) says whether chunks are decoded on a GPU.
 
         A GPU worker decodes on the device where it can, else on every core it may use,
-        and prefetches; a CPU worker (one process per core) decodes in its own thread,
-        which is still faster than HDF5's filter pipeline (no per-chunk allocation and
-        copy), and does not prefetch.
+        and prefetches; a CPU worker (one process per core) decodes in its own thread
+        (faster than HDF5's filter pipeline) and does not prefetch.
         """
         gpu = not str(device).startswith("cpu")
         threads = os.environ.get("FRAMESTATS_DECODE_THREADS", "auto").strip().lower()
