@@ -120,8 +120,7 @@ class FrameReader:
         self.data_root = data_root
         self.block_bytes = block_bytes
         self.dtype = np.dtype(spec.dtype).newbyteorder("=")
-        #: Threads decoding chunks on the host, or reading them for the device (0: always
-        #: let HDF5 decode).
+        #: Threads decoding chunks on the host or reading them for the device (0: HDF5).
         self.decode_threads = decode_threads
         self.prefetch = prefetch
         #: Supplies the buffers blocks are read into; None (or it returning None): our own.
