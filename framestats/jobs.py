@@ -179,6 +179,7 @@ def finish_chunk(
     nbytes: int,
     worker: str,
     also: Also = None,
+    note: tuple[str, str] | None = None,
 ) -> tuple[int, list[int] | None]:
     """Record chunk ``index`` as committed and take its successor, in one script.
 
@@ -188,7 +189,7 @@ def finish_chunk(
     duplicate delivery counts nothing, a job Redis forgot is not half re-created
     (resume rebuilds it from the job folder), and a delivery after a crash between
     this and the successor's publication gets the same successor again. ``also`` adds
-    commands to the same round trip.
+    commands to the same round trip; ``note`` (field, value) is set in the job's hash.
     """
     keys = [
         C.job_key(job_id),
@@ -199,7 +200,8 @@ def finish_chunk(
         C.job_successors_key(job_id),
     ]
     pipe = client.pipeline(transaction=False)
-    scripts.run(pipe, "finish_chunk", keys, [index, frames, nbytes, worker, time.time()])
+    args: list[Any] = [index, frames, nbytes, worker, time.time(), *(note or ())]
+    scripts.run(pipe, "finish_chunk", keys, args)
     if also is not None:
         also(pipe)
     done, got = pipe.execute()[0]

@@ -199,6 +199,9 @@ def _parameters(data: dict[str, str]) -> dict[str, Any]:
     }
     params["regions"] = _i(data.get("n_regions"))
     params["frame_bytes"] = _i(data.get("frame_bytes"))
+    decoded = {k[len("decode:") :]: v for k, v in sorted(data.items()) if k.startswith("decode:")}
+    if decoded:  # how each device's workers decode the chunks (device, host or hdf5)
+        params["decode"] = ", ".join(f"{path} on {dev}" for dev, path in decoded.items())
     manifest = data.get("manifest")
     if manifest:
         try:  # the manifest may live on storage this host cannot see

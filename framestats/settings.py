@@ -38,6 +38,24 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return float(_number(env, name, default, float))
 
 
+def _threads(env: Mapping[str, str], name: str) -> int | None:
+    """A thread count, None for "auto" (or unset)."""
+    raw = (env.get(name) or "").strip().lower()
+    return None if raw in ("", "auto") else _int(env, name, 0)
+
+
+def _switch(env: Mapping[str, str], name: str) -> bool | None:
+    """True/False from 1/on/yes/true and 0/off/no/false; None for "auto" (or unset)."""
+    raw = (env.get(name) or "").strip().lower()
+    if raw in ("", "auto"):
+        return None
+    if raw in ("1", "on", "yes", "true"):
+        return True
+    if raw in ("0", "off", "no", "false"):
+        return False
+    raise ValueError(f"{name} must be auto, on or off, got {env.get(name)!r}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every tunable of the system, with its default.
@@ -47,7 +65,7 @@ class Settings:
     ``FRAMESTATS_VISIBILITY_TIMEOUT``, ``FRAMESTATS_MAX_DELIVERIES``,
     ``FRAMESTATS_MAX_RETRIES``, ``FRAMESTATS_RETRY_BACKOFF``, ``FRAMESTATS_HEARTBEAT``,
     ``FRAMESTATS_WORKER_TIMEOUT``, ``FRAMESTATS_FINALIZE_LOCK_TTL``, ``FRAMESTATS_DEVICE``,
-    ``FRAMESTATS_PREFETCH_MULTIPLIER``.
+    ``FRAMESTATS_PREFETCH_MULTIPLIER``, ``FRAMESTATS_GPU_DECODE``.
     """
 
     #: Broker and job-state store; may carry a password (redis://:pw@host/0, rediss://).
@@ -87,8 +105,20 @@ class Settings:
     prefetch_multiplier: int = 1
     #: Threads of torch's CPU operations in each worker process (one process per core).
     torch_threads: int = 1
+    #: GPU workers decode Bitshuffle-LZ4 chunks on the device (nvCOMP): auto (where
+    #: nvCOMP loads), on (a GPU worker without it fails the job's chunks), off.
+    gpu_decode: str = "auto"
+    #: Threads decoding compressed chunks in each worker process; 0: HDF5's filters
+    #: decode; None: one per core the process may use on a GPU worker, one on a CPU worker.
+    decode_threads: int | None = None
+    #: Read the next block while the current one is reduced (None: on GPU workers only).
+    prefetch: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.gpu_decode not in ("auto", "on", "off"):
+            raise ValueError(
+                f"FRAMESTATS_GPU_DECODE must be auto, on or off, got {self.gpu_decode!r}"
+            )
         if self.prefetch_multiplier < 1:  # Celery reads 0 as "no limit"
             raise ValueError(
                 f"FRAMESTATS_PREFETCH_MULTIPLIER must be at least 1, got {self.prefetch_multiplier}"
@@ -117,6 +147,9 @@ class Settings:
                 env, "FRAMESTATS_PREFETCH_MULTIPLIER", cls.prefetch_multiplier
             ),
             torch_threads=_int(env, "FRAMESTATS_TORCH_THREADS", cls.torch_threads),
+            gpu_decode=(env.get("FRAMESTATS_GPU_DECODE") or cls.gpu_decode).strip().lower(),
+            decode_threads=_threads(env, "FRAMESTATS_DECODE_THREADS"),
+            prefetch=_switch(env, "FRAMESTATS_PREFETCH"),
         )
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

@@ -18,8 +18,9 @@ from framestats.constants import MASK_NAME
 from framestats.errors import PermanentChunkError
 from framestats.jobdir import JobFolder, load_job
 from framestats.messages import ChunkTask, JobSpec
+from framestats.settings import Settings
 
-from .reader import FrameReader
+from .read import FrameReader
 from .valuerange import ValueRange, fit_regions
 
 #: Jobs kept warm per process; older ones are closed.
@@ -74,8 +75,15 @@ class JobContext:
     def result(self, index: int, heartbeat: Any) -> ChunkResult:
         """Chunk ``index`` computed, with who computed it where."""
         start, stop = self.spec.boundaries[index], self.spec.boundaries[index + 1]
-        meta = {"worker": heartbeat.id, "device": heartbeat.device}
-        return ChunkResult(index, start, stop, self.compute(start, stop), meta)
+        values = self.compute(start, stop)
+        meta = {"worker": heartbeat.id, "device": heartbeat.device, "decode": self.decode_path}
+        return ChunkResult(index, start, stop, values, meta)
+
+    @property
+    def decode_path(self) -> str:
+        """How this process decodes the job's chunks: device, host or hdf5 (``+``-joined
+        when the job's datasets differ)."""
+        return self.reader.decode_path or "hdf5"
 
     def close(self) -> None:
         self.reader.close()
@@ -89,8 +97,9 @@ class JobContext:
 class JobCache:
     """LRU of job contexts, keyed by job id."""
 
-    def __init__(self, data_root: tuple[str, ...], device: str) -> None:
-        self.data_root = data_root
+    def __init__(self, settings: Settings, device: str) -> None:
+        self.settings = settings
+        self.data_root = settings.data_root
         self.device = device
         self._jobs: OrderedDict[str, JobContext] = OrderedDict()
 
@@ -112,7 +121,9 @@ class JobCache:
             labels = np.load(io.BytesIO(folder.read(MASK_NAME)), allow_pickle=False)
             if labels.shape != tuple(spec.frame_shape):
                 raise PermanentChunkError(f"mask copy in {spec.workdir} does not match the job")
-            reader = FrameReader.for_device(spec, self.data_root, self.device)
+            # A valid range is applied to host arrays: such a job decodes on the host.
+            off = "off" if ValueRange.from_spec(spec) is not None else None
+            reader = FrameReader.for_device(spec, self.settings, self.device, gpu_decode=off)
         except BaseException:
             folder.close()
             raise

@@ -101,7 +101,10 @@ def write(spec: JobSpec, folder: JobFolder, recompute: Recompute) -> Written:
                     again.append(i)
                 for s in spec.stats:
                     datasets[s][chunk.start : chunk.stop] = chunk.stats[s]
-                devices.add(str(chunk.meta.get("device", "?")))
+                decode = chunk.meta.get("decode")
+                devices.add(
+                    str(chunk.meta.get("device", "?")) + (f" decode={decode}" if decode else "")
+                )
                 workers.add(str(chunk.meta.get("worker", "?")))
             f.attrs["devices"] = ",".join(sorted(devices))
             f.attrs["workers"] = ",".join(sorted(workers))

@@ -69,7 +69,7 @@ def runtime(node: str | None = None) -> Runtime:
             settings.worker_timeout,
             consumed_queues(),
         )
-        _runtime = Runtime(settings, client, JobCache(settings.data_root, device), hb, device)
+        _runtime = Runtime(settings, client, JobCache(settings, device), hb, device)
         hb.start(settings.heartbeat)
 
         def spec_of(manifest: str, job_id: str) -> Any:

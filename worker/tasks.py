@@ -115,7 +115,14 @@ def reduce_chunk(self: Task, payload: dict[str, Any]) -> str:
     # Commit, and top the window up: one finished chunk releases one pending chunk, once;
     # a delivery after a crash between taking and publishing it publishes the same one.
     done, successor = jobs.finish_chunk(
-        rt.client, task.job_id, task.index, n, nbytes, rt.heartbeat.id, also=also
+        rt.client,
+        task.job_id,
+        task.index,
+        n,
+        nbytes,
+        rt.heartbeat.id,
+        also=also,
+        note=(f"decode:{rt.heartbeat.device}", ctx.decode_path),  # for producer status
     )
     if done < 0:  # Redis forgot the job meanwhile: the commit file stays for resume
         return "unknown-job"

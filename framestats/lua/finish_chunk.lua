@@ -1,10 +1,11 @@
 -- Record a committed chunk and take its successor, in one step.
 -- KEYS: job hash, done set, per-worker frames hash, metrics hash, pending list,
 --       successors hash.
--- ARGV: chunk index, frames, bytes, worker id, now.
+-- ARGV: chunk index, frames, bytes, worker id, now[, a field of the job hash, its value].
 -- Returns {chunks done (-1: unknown job), successor (false: none to publish)}. A
 -- duplicate delivery counts nothing; a job Redis forgot is not half re-created.
 if redis.call('exists', KEYS[1]) == 0 then return {-1, false} end
+if ARGV[6] then redis.call('hset', KEYS[1], ARGV[6], ARGV[7]) end
 if redis.call('sadd', KEYS[2], ARGV[1]) == 1 then
   redis.call('hincrby', KEYS[1], 'frames_done', ARGV[2])
   redis.call('hincrby', KEYS[1], 'bytes_done', ARGV[3])
