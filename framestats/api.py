@@ -104,7 +104,7 @@ class Progress:
         return self.frames_done / self.frames_total if self.frames_total else 0.0
 
     def __str__(self) -> str:
-        from .monitor import fmt_seconds
+        from .units import fmt_seconds
 
         return (
             f"{self.chunks_done}/{self.chunks_total} chunks, {self.frames_done}/"

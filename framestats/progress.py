@@ -15,13 +15,7 @@ from typing import Any, Protocol, TextIO
 from . import jobs
 from .errors import JobLost, WaitTimeout
 from .messages import JobState
-
-
-def _fmt_seconds(s: float) -> str:
-    s = int(max(0, s))
-    return (
-        f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-    )
+from .units import fmt_seconds
 
 
 def render(data: dict[str, Any], rate: float, width: int = 30) -> str:
@@ -30,7 +24,7 @@ def render(data: dict[str, Any], rate: float, width: int = 30) -> str:
     done = int(data.get("frames_done", 0))
     frac = min(1.0, done / total)
     bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
-    eta = _fmt_seconds((total - done) / rate) if rate > 0 and done < total else "--:--"
+    eta = fmt_seconds((total - done) / rate) if rate > 0 and done < total else "--:--"
     chunks = f"{data.get('chunks_done', '?')}/{data.get('n_chunks', '?')} chunks"
     return f"[{bar}] {frac:6.1%} {done}/{total} frames, {chunks}, {rate:,.0f} frames/s, ETA {eta} ({data.get('state')})"
 

@@ -20,6 +20,7 @@ import json
 import os
 import socket
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -113,3 +114,29 @@ def read_task(raw: str) -> tuple[str, dict[str, Any]] | None:
     if not isinstance(task, str) or not isinstance(payload, dict):
         return None
     return task, payload
+
+
+# --- kombu's Redis layout: where messages wait and where workers hold them ----------
+
+#: Kombu Redis transport: hash and priority-list naming (kombu.transport.redis.Channel).
+UNACKED_KEY = "unacked"
+PRIORITY_SEP = "\x06\x16"
+PRIORITY_STEPS = (0, 3, 6, 9)
+
+
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists holding a queue's messages, one per priority step."""
+    return [queue if p == 0 else f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS]
+
+
+def reserved_by_queue(unacked: Iterable[str]) -> Counter[str]:
+    """Messages taken by workers and not yet acknowledged, per queue."""
+    counts: Counter[str] = Counter()
+    for raw in unacked:
+        try:
+            message, _exchange, routing_key = json.loads(raw)
+            queue = routing_key or message["properties"]["delivery_info"]["routing_key"]
+        except (ValueError, TypeError, KeyError):
+            queue = "?"
+        counts[str(queue)] += 1
+    return counts

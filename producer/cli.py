@@ -247,10 +247,12 @@ def cancel(job_id: str) -> None:
 @handle_errors
 def status(job: str | None, as_json: bool, limit: int) -> None:
     """Recent jobs, queue depths and workers online; or one JOB (id or OUTPUT.h5) in detail."""
-    from framestats import api, monitor
+    from framestats import api
+
+    from . import render
 
     view = api.status(job or None, limit=limit, settings=settings())
-    lines = monitor.render_job(view) if job else monitor.render_overview(view)
+    lines = render.job(view) if job else render.overview(view)
     click.echo(json.dumps(view, indent=1) if as_json else "\n".join(lines))
 
 
@@ -271,13 +273,15 @@ def workers(as_json: bool) -> None:
     """Live worker processes (from their Redis heartbeats): device, chunks, throughput."""
     import time
 
-    from framestats import api, monitor
+    from framestats import api
+
+    from . import render
 
     rows = api.workers(settings=settings())
     if as_json:
         click.echo(json.dumps({"workers": rows}, indent=1))
     else:
-        click.echo("\n".join(monitor.render_workers(rows, time.time())))
+        click.echo("\n".join(render.workers(rows, time.time())))
 
 
 @cli.command(name="inspect")
@@ -390,16 +394,6 @@ def demo(folder: str, frames: int) -> None:
 
 def main() -> None:
     # The producer does no linear algebra: one BLAS thread spares every command the start
-    # and join of numpy's thread pool (with interpreter teardown, ~0.1 s; bench/RESULTS.md).
+    # and join of numpy's thread pool.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    try:
-        cli(prog_name="producer")
-    except SystemExit as exc:
-        # Everything a command writes is closed and synced by then; skip the interpreter's
-        # teardown of numpy, h5py, redis and celery modules.
-        code = exc.code
-        if isinstance(code, str):
-            print(code, file=sys.stderr)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+    cli(prog_name="producer")

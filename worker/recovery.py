@@ -120,16 +120,16 @@ def _short_queues(client: Any, active: list[_Job], queues: set[str]) -> set[str]
         pipe.llen(C.job_pending_key(job.job_id))
     names = sorted(queues)
     for queue in names:
-        for key in monitor.queue_keys(queue):
+        for key in wire.queue_keys(queue):
             pipe.llen(key)
-    pipe.hvals(monitor.UNACKED_KEY)
+    pipe.hvals(wire.UNACKED_KEY)
     replies = pipe.execute()
     need: dict[str, int] = dict.fromkeys(names, 0)
     for k, job in enumerate(on):
         done, pending = int(replies[2 * k]), int(replies[2 * k + 1])
         need[job.queue] += max(0, job.n_chunks - done - pending) + _finalize_due(job, done)
-    held = monitor.reserved_by_queue(replies[-1])
-    steps = len(monitor.PRIORITY_STEPS)
+    held = wire.reserved_by_queue(replies[-1])
+    steps = len(wire.PRIORITY_STEPS)
     lens = replies[2 * len(on) : -1]
     have = {q: sum(lens[i * steps : (i + 1) * steps]) + held.get(q, 0) for i, q in enumerate(names)}
     return {q for q in names if have[q] < need[q]}
@@ -190,9 +190,9 @@ def sweep(
         pipe.lrange(C.job_pending_key(job.job_id), 0, -1)
         pipe.hgetall(C.job_missing_key(job.job_id))
     for queue in queues:
-        for key in monitor.queue_keys(queue):
+        for key in wire.queue_keys(queue):
             pipe.lrange(key, 0, -1)
-    pipe.hvals(monitor.UNACKED_KEY)
+    pipe.hvals(wire.UNACKED_KEY)
     replies = pipe.execute()
     n = 3 * len(jobs_)
     present = _where(raw for reply in replies[n:] for raw in reply)
