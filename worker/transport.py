@@ -36,7 +36,9 @@ import redis
 from kombu.transport import redis as kombu_redis
 
 
-class Channel(kombu_redis.Channel):
+class _Fixes:
+    """The two changes, for kombu's plain and Sentinel channels alike."""
+
     _shared_client: Any = None
 
     @contextmanager
@@ -44,26 +46,43 @@ class Channel(kombu_redis.Channel):
         if client:
             yield client
             return
-        pool = self.pool
+        pool = self.pool  # type: ignore[attr-defined]
         shared = self._shared_client
         if shared is None or shared.connection_pool is not pool:
-            shared = self._shared_client = self._create_client()
+            shared = self._shared_client = self._create_client()  # type: ignore[attr-defined]
         yield shared
 
     def _connparams(self, asynchronous: bool = False) -> Any:
-        if self.connection.client is None:
+        if self.connection.client is None:  # type: ignore[attr-defined]
             raise redis.ConnectionError("the broker connection is closed")
-        return super()._connparams(asynchronous=asynchronous)
+        return super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]
+
+
+class Channel(_Fixes, kombu_redis.Channel):
+    pass
+
+
+class SentinelChannel(_Fixes, kombu_redis.SentinelChannel):
+    pass
 
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
+
+
+#: URL scheme -> the transport class kombu loads for it.
+_TRANSPORTS = {"redis": "Transport", "rediss": "Transport", "sentinel": "SentinelTransport"}
+
+
 def use() -> None:
-    """Load this transport for redis:// and rediss:// URLs (kombu's alias table)."""
+    """Load these transports for redis://, rediss:// and sentinel:// URLs (kombu's alias
+    table; ``redis+socket://`` is the redis transport too)."""
     from kombu import transport
 
-    for scheme in ("redis", "rediss"):
-        transport.TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"
+    for scheme, name in _TRANSPORTS.items():
+        transport.TRANSPORT_ALIASES[scheme] = f"{__name__}:{name}"
         getattr(transport, "_transport_cache", {}).pop(scheme, None)  # resolved before

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import h5py
 import numpy as np
@@ -106,7 +107,11 @@ class PrivateRedis:
     """A ``redis-server`` of the test's own: another port, no persistence, stopped by pid."""
 
     def __init__(
-        self, folder: str, password: str | None = None, tls: TLSFiles | None = None
+        self,
+        folder: str,
+        password: str | None = None,
+        tls: TLSFiles | None = None,
+        extra: tuple[str, ...] = (),
     ) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
@@ -115,13 +120,15 @@ class PrivateRedis:
         self.folder = folder
         self.password = password
         self.tls = tls
+        #: More redis-server arguments (a unix socket, --sentinel with its config file).
+        self.extra = extra
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         os.makedirs(folder, exist_ok=True)
 
     def url(self, db: int = 0, ca: str | None = None) -> str:
         """The server's URL; with TLS, ``rediss://`` trusting ``ca`` (default: its CA)."""
-        auth = f":{self.password}@" if self.password else ""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
         if self.tls is None:
             return f"redis://{auth}127.0.0.1:{self.port}/{db}"
         ca = self.tls.ca if ca is None else ca
@@ -149,6 +156,7 @@ class PrivateRedis:
         ]
         if self.password:
             argv += ["--requirepass", self.password]
+        argv += list(self.extra)
         if self.tls is not None:
             argv[1:3] = ["--port", "0", "--tls-port", str(self.port)]
             argv += [
