@@ -68,8 +68,8 @@ def unix_url(url: str, scheme: str, db_key: str) -> str:
     and kombu's ``redis+socket:///path?virtual_host=N``."""
     parts = urlsplit(url)
     query = [(db_key if k in ("db", "virtual_host") else k, v) for k, v in parse_qsl(parts.query)]
-    rest = parts._replace(scheme="x", query=urlencode(query)).geturl()[len("x") :]
-    return scheme + rest
+    tail = f"?{urlencode(query)}" if query else ""
+    return f"{scheme}://{parts.netloc}{parts.path}{tail}"
 
 
 def connect(url: str, timeout: float = 5.0) -> redis.Redis:
