@@ -20,6 +20,15 @@ from collections.abc import Sequence
 log = logging.getLogger("framestats.worker")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity: a Slurm job's or a container's
+    share of the machine, not all of its cores)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def count_gpus() -> int:
     """Visible CUDA devices, counted without initialising CUDA in this process."""
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":

@@ -190,3 +190,25 @@ def test_job_folder_traps_fail_the_job_and_write_nothing_elsewhere(
         assert "not a regular file" in state["reason"], state["reason"]
         assert_never_opened(os.path.join(job.workdir, "mask.npy"))
     assert set(planted) - set(before) <= {"manifest.json"}
+
+
+@pytest.mark.parametrize("command", ["worker", "submit"])
+def test_hdf5_search_folders_from_the_environment_are_refused(fault_redis, place, command):
+    """HDF5_EXT_PREFIX (and its kin) make HDF5 look for linked files where DATA_ROOT is
+    not checked: with DATA_ROOT set, the worker does not start and submit refuses."""
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ, "REDIS_URL": fault_redis.url(), "DATA_ROOT": place["inside"],
+        "HDF5_EXT_PREFIX": place["outside"],
+    }  # fmt: skip
+    if command == "worker":
+        argv = [sys.executable, "-m", "worker", "--device", "cpu", "--queues", "q-never"]
+    else:
+        data = os.path.join(place["inside"], "ok.h5")
+        write_stack(data, detector_frames(*SHAPE, dtype=np.uint8), form="none", chunk_frames=1)
+        argv = [sys.executable, "-m", "producer", "submit", data, "--mask", place["mask"]]
+    res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert "HDF5_EXT_PREFIX set" in res.stderr.strip().splitlines()[-1], res.stderr

@@ -67,10 +67,9 @@ def bitshuffle_library() -> ctypes.CDLL | None:
 
 def default_threads() -> int:
     """Decode threads when FRAMESTATS_DECODE_THREADS does not say: the cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    from ..launch import usable_cores
+
+    return usable_cores()
 
 
 #: Decodes one raw chunk (bytes [0, nraw) of ``raw``) into ``dest`` (C-contiguous).
