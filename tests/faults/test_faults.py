@@ -47,9 +47,9 @@ from tests.faults.util import (
     start_ready,
     wait_pid_gone,
     wait_rerun,
-    wait_until,
     workers,
 )
+from tests.support.wait import wait_until
 from tests.support.workers import run_producer
 
 #: Settings the fault tests shorten; the production-bound test leaves them at their defaults.

@@ -33,11 +33,11 @@ from tests.faults.util import (
     Job,
     PrivateRedis,
     full_log,
-    load_manifest,
     make_tls,
     submit,
-    wait_until,
 )
+from tests.support.jobfiles import load_manifest
+from tests.support.wait import wait_until
 from tests.support.workers import WorkerProcess, run_producer, start_worker, stored_keys
 from worker.broker import make_app
 
