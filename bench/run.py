@@ -359,8 +359,8 @@ def costs_table(result: dict[str, Any]) -> str:
         f"{median(c['plan']):.2f} s (prepare {inner['prepare']:.2f}, write {inner['write']:.2f}, "
         f"enqueue {inner['enqueue']:.2f}) | < 10 s {_ok(median(c['plan']) < 10)} |",
         f"| the same as one `producer submit` command | {median(c['plan_cli']):.2f} s | |",
-        f"| `producer --help` | {median(c['help']):.3f} s | < 0.3 s {_ok(median(c['help']) < 0.3)} |",
-        f"| `producer status` | {median(c['status']):.3f} s | < 0.5 s {_ok(median(c['status']) < 0.5)} |",
+        f"| `producer --help` | {median(c['help']):.3f} s | < 0.15 s {_ok(median(c['help']) < 0.15)} |",
+        f"| `producer status` | {median(c['status']):.3f} s | < 0.3 s {_ok(median(c['status']) < 0.3)} |",
     ]
     return "\n".join(rows)
 

@@ -29,7 +29,7 @@ from framestats import constants as C
 from framestats import jobs
 from framestats.messages import JobState
 from framestats.settings import Settings
-from framestats.wire import read_task
+from framestats.wire import UNACKED_KEY, read_task
 from tests.faults.util import (
     N_FRAMES,
     Job,
@@ -360,7 +360,12 @@ def test_chunk_that_crashes_its_worker_every_time(
         # such a copy is counted, skipped and acknowledged, so the count settles.)
         delivered = job.deliveries()[target]
         assert delivered >= 4
-        time.sleep(3)
+
+        def settled() -> bool:  # no message of the job queued or held: no delivery to come
+            held = [m for m in fault_client.hvals(UNACKED_KEY) if job.job_id in m]
+            return fault_client.llen(queue) == 0 and not held
+
+        wait_until(settled, 60, "no message of the job left anywhere")
         assert job.deliveries()[target] <= delivered + 1
         assert fault_client.llen(queue) == 0
         assert not os.path.exists(job.output)

@@ -15,7 +15,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -119,10 +118,8 @@ def test_worker_refuses_to_start_when_pickle_is_accepted(fault_redis, tmp_path, 
     else:
         celery = os.path.join(os.path.dirname(sys.executable), "celery")
         argv = [celery, "-A", "worker.app:app", "worker", "-c", "1", "-Q", "q-none"]
-    t0 = time.monotonic()
     res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2, res.stdout + res.stderr
-    assert time.monotonic() - t0 < 30
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "only JSON is allowed" in errors[0], res.stderr
     assert "pickle" in errors[0]
@@ -324,8 +321,10 @@ def test_password_never_in_logs_status_or_provenance(small, fault_root, tmp_path
             elif kind == "string":
                 texts.append(str(client.get(key)))
         # Redis goes away and comes back: the worker logs its reconnection attempts.
+        before = full_log(worker).count("Connected to redis")
         server.restart_empty()
-        time.sleep(3)
+        wait_until(lambda: full_log(worker).count("Connected to redis") > before, 60,
+                   "the worker reconnecting")  # fmt: skip
     finally:
         worker.stop()
         client.close()

@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import h5py
@@ -28,6 +28,7 @@ from framestats import constants as C
 from framestats.chunkfile import chunk_index
 from producer.metrics import FramestatsCollector
 from producer.samples import detector_frames, write_stack
+from tests.support.wait import wait_until
 from tests.support.workers import FAST_ENV, WorkerProcess, run_producer, start_worker
 
 pytestmark = pytest.mark.integration
@@ -42,16 +43,6 @@ def ok(res: subprocess.CompletedProcess[str], *logs: WorkerProcess) -> str:
 
 def as_json(redis_url: str, *args: str) -> Any:
     return json.loads(ok(run_producer(redis_url, *args, "--json")))
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def submit(redis_url: str, data: str, mask: str, out: str, queue: str, *extra: str, **env: Any):
@@ -74,6 +65,13 @@ def submit(redis_url: str, data: str, mask: str, out: str, queue: str, *extra: s
 def drained(depth: dict[str, int]) -> bool:
     """No message of the queue waits or is reserved."""
     return depth["waiting"] == 0 and depth["reserved"] == 0
+
+
+def running(client: Any, job_id: str) -> bool:
+    """Whether a live worker process runs a chunk of the job (its heartbeat says so)."""
+    from framestats import monitor
+
+    return any(w["current"].startswith(f"{job_id}#") for w in monitor.workers(client, 60.0))
 
 
 def committed_files(out: str) -> set[str]:
@@ -142,7 +140,7 @@ def flow(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
         ok(res, worker)
         snap["done_job"] = as_json(redis_url, "status", job_id)
         # The finalize task is acknowledged just after it marks the job done.
-        snap["done_all"] = wait_for(
+        snap["done_all"] = wait_until(
             lambda: (v := as_json(redis_url, "status"))["queues"][queue]["reserved"] == 0 and v,
             10,
             "the finalize task's acknowledgement",
@@ -228,7 +226,7 @@ def test_workers_show_heartbeats_counters_and_throughput(flow, redis_url):
     worker = flow["worker"]
     client = connection.connect(redis_url)
     pids = set(worker.pids(client))
-    rows = wait_for(
+    rows = wait_until(
         lambda: (
             (r := worker_rows(redis_url, worker)) and sum(w["chunks_done"] for w in r) == 10 and r
         ),
@@ -330,7 +328,7 @@ def test_metrics_collector_and_endpoint(flow, redis_url):
             except OSError:
                 return None
 
-        text = wait_for(scrape, 20, "the metrics endpoint", interval=0.2)
+        text = wait_until(scrape, 20, "the metrics endpoint", interval=0.2)
         check_metrics(parse(text), flow, client)
     finally:
         proc.send_signal(signal.SIGINT)
@@ -389,7 +387,7 @@ def test_watch_ctrl_c_leaves_the_job_running(flow, redis_url, tmp_path):
     assert jobs.state(connection.connect(redis_url), job_id) in ("queued", "running")
     assert "keeps running" in err and "Traceback" not in err
     client = connection.connect(redis_url)
-    wait_for(lambda: jobs.state(client, job_id) == "done", 60, "the job to finish unwatched")
+    wait_until(lambda: jobs.state(client, job_id) == "done", 60, "the job to finish unwatched")
     assert os.path.exists(out)
 
 
@@ -416,13 +414,13 @@ def test_cancel_computes_no_queued_chunk(redis_url, tmp_path):
     client = connection.connect(redis_url)
     try:
         worker.wait_ready(client)
-        wait_for(
+        wait_until(
             lambda: drained(as_json(redis_url, "status")["queues"][queue]),
             60,
             "the cancelled job's tasks to be taken off the queue",
             interval=0.3,
         )
-        rows = wait_for(lambda: worker_rows(redis_url, worker), 10, "the worker's heartbeat")
+        rows = wait_until(lambda: worker_rows(redis_url, worker), 10, "the worker's heartbeat")
         assert sum(w["chunks_done"] for w in rows) == 0, "no chunk was computed"
         assert committed_files(out) == set()
         job = as_json(redis_url, "status", job_id)
@@ -448,16 +446,17 @@ def test_cancel_while_running_lets_only_running_chunks_finish(redis_url, tmp_pat
     try:
         worker.wait_ready(client, processes=2)
         job_id = submit(redis_url, data, str(tmp_path / "m.npy"), out, queue, "--chunk-frames", "1")
-        wait_for(lambda: jobs.chunks_done(client, job_id) >= 5, 60, "5 chunks", interval=0.02)
+        wait_until(lambda: jobs.chunks_done(client, job_id) >= 5, 60, "5 chunks", interval=0.02)
         ok(run_producer(redis_url, "cancel", job_id))
         at_cancel = committed_files(out)
-        wait_for(
+        wait_until(
             lambda: drained(as_json(redis_url, "status")["queues"][queue]),
             60,
             "the queue to drain",
             interval=0.3,
         )
-        time.sleep(0.5)
+        # The chunks that were running when the job was cancelled finish, and no other runs.
+        wait_until(lambda: not running(client, job_id), 60, "no chunk of the job running")
         after = committed_files(out)
         assert len(at_cancel) < 300
         assert len(after - at_cancel) <= 2, "only the two running chunks may finish"
@@ -509,7 +508,7 @@ def test_resume_after_losing_all_redis_keys_matches_an_uninterrupted_run(
             first,
         )
         job_id = submit(redis_url, data, mask, out, queue, *stats)
-        wait_for(lambda: jobs.chunks_done(client, job_id) >= 10, 60, "10 chunks", interval=0.02)
+        wait_until(lambda: jobs.chunks_done(client, job_id) >= 10, 60, "10 chunks", interval=0.02)
     finally:
         first.stop()
     done_before = committed_files(out)
@@ -561,7 +560,7 @@ def test_killed_worker_leaves_the_list_after_the_timeout(redis_url, tmp_path):
         assert [w["pid"] for w in rows] == [pid] and rows[0]["current"] == ""
         worker.kill()  # SIGKILL: no chance to deregister
         killed = time.monotonic()
-        wait_for(lambda: not worker_rows(redis_url, worker), 20, "the killed worker to leave")
+        wait_until(lambda: not worker_rows(redis_url, worker), 20, "the killed worker to leave")
         gone_after = time.monotonic() - killed
         assert gone_after <= float(FAST_ENV["FRAMESTATS_WORKER_TIMEOUT"]) + 3
     finally:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
-def wait_until(
-    predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.02
-) -> None:
-    """Return once ``predicate()`` is true; TimeoutError naming ``what`` after ``timeout`` s."""
+def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
+    """``predicate()``'s first true value; TimeoutError naming ``what`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while not (value := predicate()):
         if time.monotonic() > deadline:
             raise TimeoutError(f"not seen within {timeout} s: {what}")
         time.sleep(interval)
+    return value
