@@ -13,10 +13,10 @@ import pytest
 import redis
 
 from producer.samples import detector_frames, write_stack
-from tests.faults.util import FAULT_ENV, PrivateRedis, free_port
+from tests.faults.util import FAULT_ENV, PrivateRedis
 from tests.support.reference import check_against_reference, read_output
 from tests.support.wait import wait_until
-from tests.support.workers import run_producer, start_worker
+from tests.support.workers import free_port, run_producer, start_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

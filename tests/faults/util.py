@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -28,7 +27,7 @@ from framestats import constants as C
 from framestats import jobs
 from framestats.chunkfile import chunk_index
 from tests.support.jobfiles import chunk_file, chunk_meta
-from tests.support.workers import WorkerProcess, run_producer, start_worker
+from tests.support.workers import WorkerProcess, free_port, run_producer, start_worker
 
 #: The job every fault test runs: gzip frames, so a chunk takes long enough to be
 #: killed in the middle; all six statistics over 32 regions.
@@ -65,13 +64,6 @@ FAULT_ENV = {
     "FRAMESTATS_MAX_RETRIES": "1",
     "FRAMESTATS_RETRY_BACKOFF": "0.2",
 }
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
