@@ -1,6 +1,7 @@
 """The one Redis client: redis-py, for every command and every worker.
 
-Imported only by what talks to Redis (redis-py's import is ~0.1 s). ``connect`` takes
+Imported only by what talks to Redis (redis-py's import is a noticeable part of a
+command's start). ``connect`` takes
 every URL form the workers' broker (kombu) takes, so one ``REDIS_URL`` serves both:
 ``redis://``, ``rediss://`` (TLS, ``?ssl_cert_reqs=`` and friends), ``unix://`` and
 ``redis+socket://`` (a unix socket), and ``sentinel://`` (a Redis that Sentinel fails

@@ -98,10 +98,8 @@ class Settings:
     device: str = "auto"
     #: Messages a worker node reserves per pool process (Celery's prefetch multiplier).
     #: 1: a node never holds a chunk another node could start sooner, and a node that
-    #: dies holds only what it runs. 2: the next chunk is in hand when a process finishes
-    #: one (hand-over 5 -> 2.5 ms; end to end no faster with 2 processes on 2 cores, ~8 %
-    #: with one process per GPU); CI's only failures of the whole-node kill tests came
-    #: with 2 (bench/RESULTS.md).
+    #: dies holds only what it runs. 2: the next chunk is already in hand when a process
+    #: finishes one (a shorter hand-over, at the price of both).
     prefetch_multiplier: int = 1
     #: Threads of torch's CPU operations in each worker process (one process per core).
     torch_threads: int = 1

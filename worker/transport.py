@@ -1,29 +1,31 @@
 """kombu's Redis transport, with one fix that keeps a worker alive when Redis goes away,
-and one that spares a worker node's parent a third of its work per task.
+and one that spares a worker node's parent much of its work per task.
 
 When the broker connection drops, Celery 5.7 collects the connection (which detaches
 the transport from it) and then closes it. Closing the consumer's channel tries to
 give its unacknowledged messages back to Redis, and building a client for that reads
 the detached transport's connection settings: ``AttributeError: 'NoneType' object has
 no attribute 'hostname'``. That is not a connection error, so nothing ignores it: the
-worker logs "Unrecoverable error" and exits instead of reconnecting (seen in the fault
-test that restarts Redis mid-job, with kombu 5.7.0 / celery 5.7.0).
+worker logs "Unrecoverable error" and exits instead of reconnecting (the fault test
+that restarts Redis mid-job shows it).
 
 Here the same moment raises a connection error, which the close path ignores as it
 ignores every other error of a broker that is gone. The messages stay in kombu's
 ``unacked`` hash and come back after the visibility timeout, as they would after a
 worker crash; Redis was unreachable anyway. ``use()`` (called by
-``worker.broker.make_app``) makes kombu load this class for ``redis://`` and
-``rediss://`` URLs, so URLs, logs and banners read as before.
+``worker.broker.make_app``) makes kombu load these classes for ``redis://``,
+``rediss://`` and ``sentinel://`` URLs, so URLs, logs and banners read as before.
 
 kombu also builds a new redis-py client object (a thin wrapper around the channel's
-connection pool) for every acknowledgement and every event it publishes: ~0.1 ms of
-Python each, most of it the client's table of reply parsers. A worker node's parent
-does this two to three times per task; under py-spy it was a third of the parent's
-samples in ``python -m bench.overhead``. Here the channel keeps one client per pool
-and builds a new one only when the pool is replaced (after a reconnection). A client
-holds no connection itself (each command takes one from the pool and gives it back),
-so sharing it between commands is what redis-py does with any client.
+connection pool) for every acknowledgement and every event it publishes, a large part
+of a worker node's parent's work per task (``python -m bench.overhead``). Here the
+channel keeps one client per pool and builds a new one only when the pool is replaced
+(after a reconnection). A client holds no connection itself (each command takes one
+from the pool and gives it back), so sharing it is what redis-py does with any client.
+
+This is the one module that depends on kombu's private methods; pyproject.toml pins
+the versions it was tested with, and tests/integration/test_transport.py fails when the
+methods change.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Reused host buffers for blocks of frames, shared by the readers of one process.
 
-Fresh large allocations cost a lot on the machines measured (the first read into a
-fresh 32 MiB array: 30-80 ms of page faults, ten times the read), so a reader takes its
-buffers from here and gives them back when an iteration ends.
+A fresh large array costs its page faults on the first read into it, often more than the
+read itself, so a reader takes its buffers from here and gives them back when an
+iteration ends.
 """
 
 from __future__ import annotations
