@@ -23,6 +23,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from framestats.inputs.reach import open_dataset
+
 DSET = "/entry/data/data"
 
 
@@ -152,11 +154,12 @@ def device_reader(path: str, spec: Any, threads: int, reps: int, dry: bool) -> d
         seconds = _timed(once, reps, sync)
         same = True
         with h5py.File(spec.segments[0].path, "r") as f:
-            host = ChunkDecoder.for_dataset(f[DSET], threads)
+            dset = open_dataset(f, DSET)  # opened as the reader opened it
+            host = ChunkDecoder.for_dataset(dset, threads)
             assert host is not None
             try:
                 for pos, block in reader.blocks(0, n):
-                    want = np.empty(tuple(block.shape), dtype=f[DSET].dtype)
+                    want = np.empty(tuple(block.shape), dtype=dset.dtype)
                     host.read(pos, want)
                     same = same and bool(np.array_equal(block.cpu().numpy(), want))
             finally:

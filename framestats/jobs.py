@@ -150,7 +150,7 @@ def chunks_done(client: Client, job_id: str) -> int:
 def begin_chunk(
     client: Client,
     job_id: str,
-    index: int | str,
+    index: int,
     runner: tuple[str, str] | None = None,
     max_deliveries: int = 0,
 ) -> tuple[JobState | None, int]:
@@ -284,6 +284,11 @@ def notify_finished(client: Client, job_id: str, new_state: JobState) -> None:
 def wait_finished(client: Client, job_id: str, timeout: float) -> None:
     """Sleep up to ``timeout`` seconds, waking as soon as ``finish`` is called for the job."""
     client.blpop([C.job_events_key(job_id)], timeout=timeout)
+
+
+def count_finalize(client: Client, job_id: str) -> int:
+    """Count one attempt at the job's finalize step; returns the attempts so far."""
+    return int(client.hincrby(C.job_key(job_id), "finalize_deliveries", 1))
 
 
 def begin_finalize(client: Client, job_id: str) -> JobState | None:

@@ -30,7 +30,7 @@ from .runtime import Runtime, runtime
 
 log = logging.getLogger("framestats.worker")
 
-#: The attempts-hash field that counts deliveries of a job's finalize step.
+#: How errors and heartbeats name a job's finalize step.
 FINALIZE = "finalize"
 
 
@@ -172,7 +172,7 @@ def _finalize(self: Task, rt: Runtime, spec: JobSpec, folder: JobFolder) -> str:
         raise self.retry(countdown=5)
     written = None
     try:
-        state, deliveries = jobs.begin_chunk(rt.client, job_id, FINALIZE)
+        deliveries = jobs.count_finalize(rt.client, job_id)
         if deliveries > rt.settings.max_deliveries:
             last = jobs.errors(rt.client, job_id, 1)
             why = f" (last error: {last[0]['reason']})" if last else ""

@@ -125,12 +125,14 @@ class _Walk:
                 self.hop(via)
                 other = self.touch("external link", link.filename, path, via)
                 return self.dataset(other, posixpath.join(link.path, rest))
-            obj = group.get(part)
-            if isinstance(obj, h5py.Group):
-                group = obj
+            # The class first, not the object: a dataset is opened only as open_dataset
+            # opens it (HDF5 holds one set of access properties per open dataset).
+            kind = group.get(part, getclass=True)
+            if kind is h5py.Group:
+                group = group[part]
                 continue
-            if isinstance(obj, h5py.Dataset) and not rest:
-                return self.contents(path, obj)
+            if kind is h5py.Dataset and not rest:
+                return self.contents(path, open_dataset(f, here))
             raise InputError(f"{name} not found in {path} ({here} is not a group)")
         raise InputError(f"{name} in {path} is a group, not a dataset")
 

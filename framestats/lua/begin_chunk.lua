@@ -1,4 +1,4 @@
--- Count one delivery of a chunk (or of "finalize") of a known job.
+-- Count one delivery of a chunk of a known job.
 -- KEYS: job hash, attempts hash[, the worker's heartbeat hash].
 -- ARGV: chunk index, now[, max deliveries, the worker's label for the chunk].
 -- Returns {state or false, deliveries}. The first chunk moves the job from queued to

@@ -35,7 +35,7 @@ from tests.faults.util import (
     make_tls,
     submit,
 )
-from tests.support.jobfiles import load_manifest
+from tests.support.jobfiles import forge_job_folder, load_manifest
 from tests.support.wait import wait_until
 from tests.support.workers import WorkerProcess, run_producer, start_worker, stored_keys
 from worker.broker import make_app
@@ -196,26 +196,22 @@ def test_forged_messages_outside_data_root_are_refused(
     envelope["body"] = base64.b64encode(json.dumps(body).encode()).decode()
     envelope["properties"]["delivery_info"]["routing_key"] = guarded_worker.queue
     fault_client.lpush(guarded_worker.queue, json.dumps(envelope))
-    expected.append((job, dotdot))
+    expected.append((job, os.path.dirname(dotdot)))  # the job folder it names is refused
     # 2. A symbolic link inside DATA_ROOT that points out of it.
     job, spec = idle_job()
     send(spec, os.path.join(link, "manifest.json"))
-    expected.append((job, os.path.join(link, "manifest.json")))
-    # 3. A manifest inside DATA_ROOT whose output lies outside.
+    expected.append((job, link))
+    # 3. A job folder inside DATA_ROOT whose manifest's output lies outside.
     job, spec = idle_job()
     stolen = os.path.join(outside, "stolen.h5")
-    forged = os.path.join(os.path.dirname(spec.output), "forged-output.json")
-    with open(forged, "w") as fh:
-        fh.write(replace(spec, output=stolen).dumps())
-    send(spec, forged)
+    place = os.path.join(os.path.dirname(spec.output), "forged-output.h5.parts")
+    send(spec, forge_job_folder(spec, place, output=stolen))
     expected.append((job, stolen))
-    # 4. A manifest inside DATA_ROOT whose input lies outside.
+    # 4. A job folder inside DATA_ROOT whose manifest's input lies outside.
     job, spec = idle_job()
-    forged = os.path.join(os.path.dirname(spec.output), "forged-input.json")
+    place = os.path.join(os.path.dirname(spec.output), "forged-input.h5.parts")
     segments = (replace(spec.segments[0], path=input_trap),)
-    with open(forged, "w") as fh:
-        fh.write(replace(spec, segments=segments).dumps())
-    send(spec, forged)
+    send(spec, forge_job_folder(spec, place, segments=segments))
     expected.append((job, input_trap))
 
     for job, path in expected:
@@ -420,9 +416,8 @@ def test_hdf5_links_out_of_data_root_are_refused(
             layout = h5py.VirtualLayout(shape=frames.shape, dtype=frames.dtype)
             layout[:] = h5py.VirtualSource(target, "/entry/data/data", shape=frames.shape)
             f.create_virtual_dataset("/entry/data/data", layout)
-    forged = os.path.join(os.path.dirname(spec.output), f"forged-{kind}.json")
-    with open(forged, "w") as fh:
-        fh.write(replace(spec, segments=(replace(spec.segments[0], path=linked),)).dumps())
+    place = os.path.join(os.path.dirname(spec.output), f"forged-{kind}.h5.parts")
+    forged = forge_job_folder(spec, place, segments=(replace(spec.segments[0], path=linked),))
     app = make_app(Settings.from_env({"REDIS_URL": fault_redis.url()}))
     payload = {**spec.chunk(0).to_json(), "manifest": forged}
     app.send_task(TASK_REDUCE, args=[payload], queue=guarded_worker.queue)

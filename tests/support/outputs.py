@@ -3,14 +3,16 @@ worker): for tests of the output layout and of what reads it."""
 
 from __future__ import annotations
 
+import io
 import os
 import time
 
 import numpy as np
+import pytest
 
-from framestats import __version__
-from framestats import chunkfile as results
-from framestats.constants import CHUNKS_DIR, MASK_NAME
+from framestats import __version__, chunkfile
+from framestats.constants import MASK_NAME
+from framestats.jobdir import JobFolder
 from framestats.messages import JobSpec, Segment
 from worker import finalize
 
@@ -42,17 +44,23 @@ def make_spec(tmp_path, n: int = 12, k: int = 3, stats=("sum", "mean"), step: in
 
 def finalized(tmp_path, spec: JobSpec) -> dict[str, np.ndarray]:
     """Commit every chunk of ``spec`` with random statistics, finalize; the values."""
-    os.makedirs(os.path.join(spec.workdir, CHUNKS_DIR))
     labels = np.arange(30).reshape(6, 5) % (spec.n_regions + 1)
-    np.save(os.path.join(spec.workdir, MASK_NAME), labels.astype(np.int32))
     rng = np.random.default_rng(1)
     values = {s: rng.normal(size=(spec.n_frames, spec.n_regions)) for s in spec.stats}
-    for i in range(spec.n_chunks):
-        a, b = spec.boundaries[i], spec.boundaries[i + 1]
-        chunk = {s: values[s][a:b] for s in spec.stats}
-        results.write_chunk(
-            spec.workdir, results.ChunkResult(i, a, b, chunk, {"worker": "w@h", "device": "cpu"})
-        )
-    finalize.finalize(spec)
+    with JobFolder.create(spec.workdir) as folder:
+        buf = io.BytesIO()
+        np.save(buf, labels.astype(np.int32))
+        folder.write_bytes(MASK_NAME, buf.getvalue())
+        for i in range(spec.n_chunks):
+            a, b = spec.boundaries[i], spec.boundaries[i + 1]
+            chunk = {s: values[s][a:b] for s in spec.stats}
+            meta = {"worker": "w@h", "device": "cpu", "decode": "host"}
+            chunkfile.write_chunk(folder, spec, chunkfile.ChunkResult(i, a, b, chunk, meta))
+        written = finalize.write(spec, folder, lambda i: pytest.fail(f"chunk {i} recomputed"))
+        out_dir = os.open(os.path.dirname(spec.output), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            folder.publish(written.tmp, out_dir, os.path.basename(spec.output))
+        finally:
+            os.close(out_dir)
     values["pixel_count"] = np.bincount(labels.ravel(), minlength=spec.n_regions + 1)[1:]
     return values

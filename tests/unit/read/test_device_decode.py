@@ -16,6 +16,7 @@ import torch
 
 from framestats.errors import PermanentChunkError, TransientChunkError
 from framestats.messages import Segment
+from framestats.settings import Settings
 from producer.samples import detector_frames
 from worker.read import FrameReader
 from worker.read.lz4_host import HostLZ4
@@ -216,21 +217,19 @@ def test_job_context_reduces_device_blocks(tmp_path):
         ctx.close()
 
 
-def test_choosing_the_path(tmp_path, monkeypatch):
+def test_choosing_the_path(tmp_path):
     frames = frames_of(2, 8, 8, "uint16")
     path = make_file(tmp_path / "a.h5", frames, 1, **BSLZ4)
     spec = spec_for([Segment(path, DSET, 0, 2)], (8, 8), "uint16")
-    monkeypatch.delenv("FRAMESTATS_DECODE_THREADS", raising=False)
     # CPU workers never decode on a device, whatever the setting.
     for value in ("auto", "on", "off"):
-        monkeypatch.setenv("FRAMESTATS_GPU_DECODE", value)
-        cpu = FrameReader.for_device(spec, device="cpu")
+        settings = Settings.from_env({"FRAMESTATS_GPU_DECODE": value})
+        cpu = FrameReader.for_device(spec, settings, device="cpu")
         read_all(cpu, 0, 2, (8, 8))
         assert cpu.decode_path == "host" and cpu.block_decoder is None
         cpu.close()
-    monkeypatch.setenv("FRAMESTATS_GPU_DECODE", "sometimes")
     with pytest.raises(ValueError, match="FRAMESTATS_GPU_DECODE"):
-        FrameReader.for_device(spec, device="cuda:0")
+        Settings.from_env({"FRAMESTATS_GPU_DECODE": "sometimes"})
     # A GPU worker without CUDA or nvCOMP: auto falls back, on refuses.
     if not torch.cuda.is_available():
         gpu = FrameReader.for_device(spec, device="cuda:0", gpu_decode="auto")
