@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -45,12 +44,12 @@ sys.path.insert(0, os.path.dirname(HERE))  # runnable as a script from a bare ch
 from bench import gpu_decode, gpu_workers  # noqa: E402
 from bench.gpu_workers import DSET, annulus, spec_for  # noqa: E402
 from bench.host import cpu_model  # noqa: E402
+from bench.report import median_seconds, replace_section  # noqa: E402
 from producer.samples import detector_frames  # noqa: E402
 
 RESULTS = os.path.join(HERE, "RESULTS-gpu.md")
 RECORDS = os.path.join(HERE, "results-gpu.json")
 #: The run's section of RESULTS-gpu.md lies between these (notes around it are kept).
-BEGIN, END = "<!-- bench.gpu:begin -->", "<!-- bench.gpu:end -->"
 #: "cuda", or "cpu" for --dry-run (checks this script on a machine without a GPU).
 DEVICE = "cuda"
 #: The stacks: name -> (frames, distinct frames, height, width, dtype); --dry-run's.
@@ -97,15 +96,7 @@ def make_stack(path: str, frames: int, unique: int, h: int, w: int, dtype: str) 
 
 def cuda_time(fn: Callable[[], Any], reps: int) -> float:
     """Median seconds of ``fn`` on the GPU (synchronised before and after)."""
-    times = []
-    fn()
-    sync()
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return median_seconds(fn, reps, sync)
 
 
 def kernel_and_copies(mask: np.ndarray, size: int, frames: int, reps: int) -> dict[str, float]:
@@ -302,22 +293,6 @@ def append_record(obj: dict[str, Any], path: str = RECORDS) -> None:
     os.replace(path + ".tmp", path)
 
 
-def write_section(text: str, path: str = RESULTS) -> None:
-    """Replace the run's section of ``path`` (between the markers), keep the rest."""
-    old = ""
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            old = fh.read()
-    block = f"{BEGIN}\n{text}{END}\n"
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END) + 1 :]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block
-    with open(path + ".tmp", "w", encoding="utf-8") as fh:
-        fh.write(new)
-    os.replace(path + ".tmp", path)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=3, help="repetitions (medians)")
@@ -384,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(json.dumps({k: v for k, v in obj.items() if k != "stacks"}))
     if not args.no_write:
-        write_section(text)
+        replace_section(RESULTS, "bench.gpu", text)
         append_record(obj, args.json)
     print(f"bench.gpu: done in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return 0

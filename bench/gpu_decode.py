@@ -15,30 +15,16 @@ Each function takes one Bitshuffle-LZ4 file and returns GB/s of uncompressed fra
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import h5py
 import numpy as np
 
+from bench.report import median_seconds
 from framestats.inputs.reach import open_dataset
 
 DSET = "/entry/data/data"
-
-
-def _timed(fn: Callable[[], Any], reps: int, sync: Callable[[], None]) -> float:
-    """Median seconds of ``fn`` (synchronised before and after each run)."""
-    fn()
-    sync()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def _device(dry: bool) -> tuple[Any, Any, Callable[[], None]]:
@@ -75,13 +61,15 @@ def device_stage(path: str, batch_bytes: int, reps: int, dry: bool) -> dict[str,
             batch = dec.stage(0, frames, 0)
             sync()
             nbytes = frames * dset[0].nbytes
-            out["decode_gbps"] = nbytes / _timed(lambda: dec.decode(batch), reps, sync) / 1e9
+            out["decode_gbps"] = (
+                nbytes / median_seconds(lambda: dec.decode(batch), reps, sync) / 1e9
+            )
             dec.ready(0)
             want = dec.decode(batch).clone()
             dec.ready(0)
             src = torch.empty(nbytes, dtype=torch.uint8, device=device)
             dst = torch.empty_like(src)
-            out["d2d_gbps"] = nbytes / _timed(lambda: dst.copy_(src), reps, sync) / 1e9
+            out["d2d_gbps"] = nbytes / median_seconds(lambda: dst.copy_(src), reps, sync) / 1e9
             host = np.empty((frames, *dset.shape[1:]), dtype=dset.dtype)
             dset.read_direct(host, source_sel=np.s_[0:frames])
             out["stage_identical"] = bool(np.array_equal(want.cpu().numpy(), host))
@@ -110,7 +98,7 @@ def _nvcomp_bitshuffle(dset: h5py.Dataset, frames: int, device: Any, want: Any, 
         batch = dec.stage(0, frames, 0)
         sync()
         nbytes = frames * dset[0].nbytes
-        seconds = _timed(lambda: dec.decode(batch), reps, sync)
+        seconds = median_seconds(lambda: dec.decode(batch), reps, sync)
         got = dec.decode(batch)
         try:
             dec.ready(0)
@@ -151,7 +139,7 @@ def device_reader(path: str, spec: Any, threads: int, reps: int, dry: bool) -> d
             for _pos, _block in reader.blocks(0, n):
                 pass
 
-        seconds = _timed(once, reps, sync)
+        seconds = median_seconds(once, reps, sync)
         same = True
         with h5py.File(spec.segments[0].path, "r") as f:
             dset = open_dataset(f, DSET)  # opened as the reader opened it
@@ -189,7 +177,7 @@ def host_decode(path: str, threads: int, reps: int, block_bytes: int = 32 << 20)
                 dec.read(first, buf[: min(step, n - first)])
 
         try:
-            seconds = _timed(once, reps, lambda: None)
+            seconds = median_seconds(once, reps, lambda: None)
         finally:
             dec.close()
         return n * dset[0].nbytes / seconds / 1e9

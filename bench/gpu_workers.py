@@ -30,24 +30,7 @@ def annulus(h: int, w: int) -> np.ndarray:
 
 def spec_for(path: str, frames: int, h: int, w: int, dtype: str, chunk_frames: int) -> JobSpec:
     bounds = tuple(range(0, frames, chunk_frames)) + (frames,)
-    return JobSpec(
-        job_id="gpu-bench",
-        segments=(Segment(path, DSET, 0, frames),),
-        frame_shape=(h, w),
-        dtype=np.dtype(dtype).str,
-        n_frames=frames,
-        n_regions=1,
-        stats=("sum",),
-        boundaries=bounds,
-        output="/nonexistent.h5",
-        workdir="/nonexistent.h5.parts",
-        mask_path="",
-        mask_sha256="",
-        queue="q",
-        chunk_frames=chunk_frames,
-        created=0.0,
-        version="bench",
-    )
+    return JobSpec.for_reading((Segment(path, DSET, 0, frames),), (h, w), dtype, bounds)
 
 
 def chunk_frames(h: int, w: int, itemsize: int) -> int:

@@ -27,9 +27,9 @@ import numpy as np
 from . import baselines, e2e
 from .data import DATASET, FORMS, Stack, data_root, ensure_stack, file_sizes
 from .host import cpu_model
+from .report import replace_section
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
-BEGIN, END = "<!-- bench.run:begin -->", "<!-- bench.run:end -->"
 LABELS = {"none": "contiguous", "gzip": "gzip 4 + shuffle", "bslz4": "Bitshuffle-LZ4"}
 METHODS = (
     "a",
@@ -401,22 +401,6 @@ def report(result: dict[str, Any], command: str) -> str:
     )
 
 
-def write_results(text: str, path: str = RESULTS) -> None:
-    """Replace this benchmark's section of RESULTS.md (between markers), keep the rest."""
-    old = ""
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            old = fh.read()
-    block = f"{BEGIN}\n{text}{END}\n"
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END) + 1 :]
-    else:
-        new = (old.rstrip("\n") + "\n\n" if old else "# Benchmark results\n\n") + block
-    with open(path + ".tmp", "w", encoding="utf-8") as fh:
-        fh.write(new)
-    os.replace(path + ".tmp", path)
-
-
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--frames", type=int, default=4096, help="frames (4096 x 512^2 = 2 GiB)")
@@ -449,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(result, fh, indent=1)
     if not args.no_write:
-        write_results(text)
+        replace_section(RESULTS, "bench.run", text)
     return 0
 
 

@@ -130,6 +130,29 @@ class JobSpec:
     masks: tuple[dict[str, Any], ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def for_reading(
+        cls,
+        segments: tuple[Segment, ...],
+        frame_shape: tuple[int, int],
+        dtype: str,
+        boundaries: tuple[int, ...] | None = None,
+    ) -> JobSpec:
+        """A job of ``segments`` with no output, no folder and no queue: what a reader and
+        a reducer need to work outside a submitted job (benchmarks, tests)."""
+        import numpy as np
+
+        n = sum(s.count for s in segments)
+        bounds = boundaries or (0, n)
+        return cls(
+            job_id="reading", segments=tuple(segments), frame_shape=tuple(frame_shape),  # type: ignore[arg-type]
+            dtype=np.dtype(dtype).str, n_frames=n, n_regions=1, stats=("sum",),
+            boundaries=bounds, output="/nonexistent/out.h5",
+            workdir="/nonexistent/out.h5.parts", mask_path="", mask_sha256="", queue="",
+            chunk_frames=max(b - a for a, b in zip(bounds, bounds[1:], strict=False)),
+            created=0.0, version="",
+        )  # fmt: skip
+
     @property
     def n_chunks(self) -> int:
         return len(self.boundaries) - 1

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from framestats.jobdir import JobFolder, open_dir
 from framestats.messages import JobSpec
 
 from . import output
+from .periodic import Periodic
 
 log = logging.getLogger("framestats.worker")
 
@@ -138,31 +138,20 @@ def cleanup(spec: JobSpec, folder: JobFolder) -> None:
 
 
 class LockKeeper:
-    """Renews the finalize lock while the output is written, from a daemon thread."""
+    """Renews the finalize lock while the output is written."""
 
     def __init__(self, client: Any, job_id: str, token: str, ttl: float) -> None:
-        self.client = client
-        self.job_id = job_id
-        self.token = token
-        self.ttl = ttl
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="finalize-lock", daemon=True)
+        def renew() -> bool:  # False once the lock is another's: the publish gate refuses
+            return jobs.renew_finalize(client, job_id, token, ttl)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.ttl / 3):
-            try:
-                if not jobs.renew_finalize(self.client, self.job_id, self.token, self.ttl):
-                    return  # lost: the publish gate refuses this finalizer
-            except Exception:  # Redis away: the gate decides
-                log.warning("job %s: cannot renew the finalize lock", self.job_id)
+        self._renewal = Periodic(f"finalize lock of job {job_id}", ttl / 3, renew)
 
     def __enter__(self) -> LockKeeper:
-        self._thread.start()
+        self._renewal.start()
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        self._renewal.stop(wait=5)
 
 
 def _iso(t: float) -> str:

@@ -28,15 +28,16 @@ progressed for as long (it is waiting its turn, and its messages are many to rea
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from framestats import connection, monitor, wire
 from framestats import constants as C
+from framestats import monitor, wire
 from framestats.messages import JobSpec
+
+from .periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -247,14 +248,14 @@ def _remember(
 
 
 class Sweeper:
-    """Runs ``sweep`` from a daemon thread; one process of the cluster per interval."""
+    """Runs ``sweep`` every interval; one process of the cluster per interval."""
 
     def __init__(self, client: Any, owner: str, interval: float, load_spec: Any) -> None:
         self.client = client
         self.owner = owner
         self.interval = interval
         self.load_spec = load_spec
-        self._stop = threading.Event()
+        self._periodic = Periodic("lost-message sweep", interval, self._round)
 
     def once(self) -> list[Requeued]:
         ms = max(1, int(self.interval * 1000))
@@ -262,17 +263,11 @@ class Sweeper:
             return []
         return sweep(self.client, self.load_spec, self.interval)
 
-    def start(self) -> None:
-        def loop() -> None:
-            while not self._stop.wait(self.interval):
-                try:
-                    self.once()
-                except connection.redis_error():
-                    pass  # Redis away: the next round tries again
-                except Exception:  # a bug here must not stop the worker's chunks
-                    log.exception("lost-message sweep failed")
+    def _round(self) -> None:
+        self.once()
 
-        threading.Thread(target=loop, name="sweep", daemon=True).start()
+    def start(self) -> None:
+        self._periodic.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._periodic.stop()

@@ -59,24 +59,32 @@ _TORCH = {
 }
 
 
+@dataclass(frozen=True)
+class Blocks:
+    """LZ4 blocks to decode in one call: where each is, how large, where it goes.
+
+    The tensors are int64 (``statuses``: int32), on the decoder's device (host memory for
+    ``HostLZ4``); ``actual`` and ``statuses`` are written by the call.
+    """
+
+    comp_ptrs: torch.Tensor
+    comp_sizes: torch.Tensor
+    out_sizes: torch.Tensor
+    out_ptrs: torch.Tensor
+    actual: torch.Tensor
+    statuses: torch.Tensor
+    #: Bytes of the largest block and of all blocks once decoded.
+    largest: int
+    total: int
+
+
 class BlockDecoder(Protocol):
     """The batched LZ4 call: ``nvcomp.NvcompLZ4`` on a GPU, ``lz4_host.HostLZ4`` on a CPU."""
 
     name: str
     unshuffles: bool
 
-    def decompress(
-        self,
-        comp_ptrs: torch.Tensor,
-        comp_sizes: torch.Tensor,
-        out_sizes: torch.Tensor,
-        out_ptrs: torch.Tensor,
-        actual: torch.Tensor,
-        statuses: torch.Tensor,
-        largest: int,
-        total: int,
-        stream: int,
-    ) -> None: ...
+    def decompress(self, blocks: Blocks, stream: int) -> None: ...
 
 
 def nvcomp_on(device: str) -> BlockDecoder | None:
@@ -312,17 +320,17 @@ class DeviceDecoder:
         assert d is not None and frames is not None and statuses is not None and comp is not None
         with self._on_stream():
             if nb:
-                self.lz4.decompress(
-                    d[0:nb],
-                    d[nb : 2 * nb],
-                    d[2 * nb : 3 * nb],
-                    d[3 * nb : 4 * nb],
-                    d[5 * nb : 6 * nb],
-                    statuses[:nb],
-                    int(table.out_sizes.max()),
-                    int(table.out_sizes.sum()),
-                    self.stream.cuda_stream if self.stream is not None else 0,
+                lz4_blocks = Blocks(
+                    comp_ptrs=d[0:nb],
+                    comp_sizes=d[nb : 2 * nb],
+                    out_sizes=d[2 * nb : 3 * nb],
+                    out_ptrs=d[3 * nb : 4 * nb],
+                    actual=d[5 * nb : 6 * nb],
+                    statuses=statuses[:nb],
+                    largest=int(table.out_sizes.max()),
+                    total=int(table.out_sizes.sum()),
                 )
+                self.lz4.decompress(lz4_blocks, self.stream.cuda_stream if self.stream else 0)
                 if not self.lz4.unshuffles:
                     unshuffle(
                         batch.out_base,

@@ -8,8 +8,10 @@ in host memory: it lets the device pipeline run whole on a CPU, in tests and in
 from __future__ import annotations
 
 import ctypes
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    from .device_decode import Blocks
 
 #: ``nvcompStatus_t`` values this stand-in reports.
 SUCCESS = 0
@@ -35,24 +37,12 @@ class HostLZ4:
         except ImportError:
             return None
 
-    def decompress(
-        self,
-        comp_ptrs: torch.Tensor,
-        comp_sizes: torch.Tensor,
-        out_sizes: torch.Tensor,
-        out_ptrs: torch.Tensor,
-        actual: torch.Tensor,
-        statuses: torch.Tensor,
-        largest: int,
-        total: int,
-        stream: int,
-    ) -> None:
-        if comp_ptrs.device.type != "cpu":
+    def decompress(self, blocks: Blocks, stream: int) -> None:
+        if blocks.comp_ptrs.device.type != "cpu":
             raise ValueError("HostLZ4 decodes tensors in host memory only")
-        sizes = out_sizes.tolist()
-        for i, (src, n, dst, cap) in enumerate(
-            zip(comp_ptrs.tolist(), comp_sizes.tolist(), out_ptrs.tolist(), sizes, strict=True)
-        ):
+        statuses, actual = blocks.statuses, blocks.actual
+        columns = (blocks.comp_ptrs, blocks.comp_sizes, blocks.out_ptrs, blocks.out_sizes)
+        for i, (src, n, dst, cap) in enumerate(zip(*(c.tolist() for c in columns), strict=True)):
             try:
                 data = self._decompress(ctypes.string_at(src, n), uncompressed_size=cap)
             except self._error:

@@ -26,8 +26,12 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .device_decode import Blocks
 
 #: The nvCOMP major version whose C API this binding follows.
 MAJOR = 6
@@ -171,41 +175,26 @@ class NvcompLZ4:
             raise RuntimeError(f"nvCOMP temp size: {self.status_text(status)}")
         return int(got.value)
 
-    def decompress(
-        self,
-        comp_ptrs: torch.Tensor,
-        comp_sizes: torch.Tensor,
-        out_sizes: torch.Tensor,
-        out_ptrs: torch.Tensor,
-        actual: torch.Tensor,
-        statuses: torch.Tensor,
-        largest: int,
-        total: int,
-        stream: int,
-    ) -> None:
-        """Enqueue the decoding of ``comp_ptrs.numel()`` blocks on ``stream``.
-
-        All arguments but ``largest`` (bytes of the largest block), ``total`` and
-        ``stream`` (a ``cudaStream_t``) are int64 (``statuses``: int32) device tensors.
-        """
-        blocks = comp_ptrs.numel()
-        need = self.temp_bytes(blocks, largest, total)
+    def decompress(self, blocks: Blocks, stream: int) -> None:
+        """Enqueue the decoding of the batch's blocks on ``stream`` (a ``cudaStream_t``)."""
+        count = blocks.comp_ptrs.numel()
+        need = self.temp_bytes(count, blocks.largest, blocks.total)
         temp_ptr = None
         if need:
             if self._temp is None or self._temp.numel() < need:
-                self._temp = torch.empty(need, dtype=torch.uint8, device=comp_ptrs.device)
+                self._temp = torch.empty(need, dtype=torch.uint8, device=blocks.comp_ptrs.device)
             temp_ptr = self._temp.data_ptr()
         status = self.lib.nvcompBatchedLZ4DecompressAsync(
-            comp_ptrs.data_ptr(),
-            comp_sizes.data_ptr(),
-            out_sizes.data_ptr(),
-            actual.data_ptr(),
-            blocks,
+            blocks.comp_ptrs.data_ptr(),
+            blocks.comp_sizes.data_ptr(),
+            blocks.out_sizes.data_ptr(),
+            blocks.actual.data_ptr(),
+            count,
             temp_ptr,
             need,
-            out_ptrs.data_ptr(),
+            blocks.out_ptrs.data_ptr(),
             self.opts,
-            statuses.data_ptr(),
+            blocks.statuses.data_ptr(),
             stream or None,
         )
         if status != 0:

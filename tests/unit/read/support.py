@@ -22,25 +22,7 @@ def make_file(path, frames: np.ndarray, chunk_frames: int | None, **filters) -> 
 
 
 def spec_for(segments: list[Segment], frame_shape, dtype) -> JobSpec:
-    n = sum(s.count for s in segments)
-    return JobSpec(
-        job_id="test",
-        segments=tuple(segments),
-        frame_shape=tuple(frame_shape),
-        dtype=np.dtype(dtype).str,
-        n_frames=n,
-        n_regions=1,
-        stats=("sum",),
-        boundaries=(0, n),
-        output="/nonexistent/out.h5",
-        workdir="/nonexistent/out.h5.parts",
-        mask_path="",
-        mask_sha256="",
-        queue="q",
-        chunk_frames=n,
-        created=0.0,
-        version="test",
-    )
+    return JobSpec.for_reading(tuple(segments), tuple(frame_shape), dtype)
 
 
 def read_all(reader: FrameReader, start: int, stop: int, shape) -> np.ndarray:

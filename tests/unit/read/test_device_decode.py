@@ -35,9 +35,9 @@ class CountingLZ4(HostLZ4):
         super().__init__()
         self.blocks = 0
 
-    def decompress(self, comp_ptrs, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        self.blocks += comp_ptrs.numel()
-        super().decompress(comp_ptrs, *args, **kwargs)
+    def decompress(self, blocks, stream) -> None:  # type: ignore[no-untyped-def]
+        self.blocks += blocks.comp_ptrs.numel()
+        super().decompress(blocks, stream)
 
 
 def device_reader(spec, **kw) -> FrameReader:

@@ -18,6 +18,7 @@ import torch
 from framestats.messages import Segment
 from producer.samples import detector_frames
 from worker.read import FrameReader, bitshuffle, nvcomp
+from worker.read.device_decode import Blocks
 
 from .support import BSLZ4, DSET, make_file, raw_chunks, read_all, spec_for
 
@@ -65,17 +66,17 @@ def test_nvcomp_decodes_blocks_like_lz4(tmp_path, dtype):
     statuses = torch.full((n,), -1, dtype=torch.int32, device=dev)
     decoder = nvcomp.NvcompLZ4.create()
     assert decoder is not None
-    decoder.decompress(
-        t(table.comp_offsets + comp.data_ptr()),
-        t(table.comp_sizes),
-        t(table.out_sizes),
-        t(table.out_offsets + out.data_ptr()),
-        actual,
-        statuses,
-        int(table.out_sizes.max()),
-        int(table.out_sizes.sum()),
-        torch.cuda.current_stream().cuda_stream,
+    blocks = Blocks(
+        comp_ptrs=t(table.comp_offsets + comp.data_ptr()),
+        comp_sizes=t(table.comp_sizes),
+        out_sizes=t(table.out_sizes),
+        out_ptrs=t(table.out_offsets + out.data_ptr()),
+        actual=actual,
+        statuses=statuses,
+        largest=int(table.out_sizes.max()),
+        total=int(table.out_sizes.sum()),
     )
+    decoder.decompress(blocks, torch.cuda.current_stream().cuda_stream)
     torch.cuda.synchronize()
     assert (statuses == 0).all() and (actual.cpu().numpy() == table.out_sizes).all()
     got = out.cpu().numpy()
