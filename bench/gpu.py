@@ -130,7 +130,7 @@ def kernel_and_copies(mask: np.ndarray, size: int, frames: int, reps: int) -> di
     """GB/s of: D2D copy, on-device kernel, pinned H2D copy, reduce() from host memory."""
     import torch
 
-    from worker.kernel import MaskedReducer
+    from worker.reduce import MaskedReducer
 
     dev = torch.device(DEVICE)
     host = detector_frames(frames, size, size, np.uint16, seed=7)

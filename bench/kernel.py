@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from worker.kernel import STATS, MaskedReducer, mask_regions, resolve_device
+from worker.reduce import STATS, MaskedReducer, mask_regions, resolve_device
 
 SIZE = 512
 

@@ -51,7 +51,7 @@ def runtime(node: str | None = None) -> Runtime:
     global _runtime
     if _runtime is None or _runtime.heartbeat.pid != os.getpid():
         settings = Settings.from_env()
-        from .kernel import resolve_device
+        from .reduce import resolve_device
 
         device = resolve_device(settings.device)
         label = str(device)
