@@ -18,6 +18,7 @@ std too, they take all of them in the same single read (``moments``).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
@@ -132,7 +133,7 @@ class CpuReducer:
         strategy = self.strategy or self.chosen.get(x.dtype)
         if strategy is None:
             sample = x[:_SAMPLE_FRAMES]
-            strategy = choose({s: (lambda s=s: self.run(s, sample)) for s in STRATEGIES})
+            strategy = choose({s: functools.partial(self.run, s, sample) for s in STRATEGIES})
             self.chosen[x.dtype] = strategy
         return self.run(strategy, x)
 
@@ -220,4 +221,3 @@ def _two_pass(x, order, offsets, frames, regions, out):  # type: ignore[no-untyp
                 m2 += (v - mean) * (v - mean)
         out[0, i] = total
         out[1, i] = m2
-

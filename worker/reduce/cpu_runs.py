@@ -87,6 +87,7 @@ _jit_reassoc = numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
 
 # -- sums -------------------------------------------------------------------------------
 
+
 @_jit
 def _int_run_sum4_u32(r0, r1, r2, r3, start, length):  # type: ignore[no-untyped-def]
     """uint32 sums of [start:start + length] of four rows in one pass."""
@@ -104,6 +105,7 @@ def _int_run_sum4_u32(r0, r1, r2, r3, start, length):  # type: ignore[no-untyped
         a3 += np.uint32(r3[i])
         i += one
     return a0, a1, a2, a3
+
 
 @_jit
 def _int_sums_u32(x, starts, lengths, region, out):  # type: ignore[no-untyped-def]
@@ -132,6 +134,7 @@ def _int_sums_u32(x, starts, lengths, region, out):  # type: ignore[no-untyped-d
             out[f, region[r]] += np.int64(acc)
         f += 1
 
+
 @_jit
 def _int_sums_i32(x, starts, lengths, region, out):  # type: ignore[no-untyped-def]
     one = np.uint64(1)
@@ -145,6 +148,7 @@ def _int_sums_i32(x, starts, lengths, region, out):  # type: ignore[no-untyped-d
                 acc += np.int32(row[i])
                 i += one
             out[f, region[r]] += np.int64(acc)
+
 
 @_jit
 def _int_sums_i64(x, starts, lengths, region, out):  # type: ignore[no-untyped-def]
@@ -160,6 +164,7 @@ def _int_sums_i64(x, starts, lengths, region, out):  # type: ignore[no-untyped-d
                 i += one
             out[f, region[r]] += acc
 
+
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
 def _run_sum(row, start, length):  # type: ignore[no-untyped-def]
     """float64 sum of row[start:start + length] (any order, IEEE non-finite rules)."""
@@ -171,6 +176,7 @@ def _run_sum(row, start, length):  # type: ignore[no-untyped-def]
         acc += np.float64(row[i])
         i += one
     return acc
+
 
 @_jit
 def _nan_run_sum(row, start, length):  # type: ignore[no-untyped-def]
@@ -184,6 +190,7 @@ def _nan_run_sum(row, start, length):  # type: ignore[no-untyped-def]
         else:
             skipped += 1
     return acc, skipped
+
 
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
 def _run_sum4(r0, r1, r2, r3, start, length):  # type: ignore[no-untyped-def]
@@ -202,6 +209,7 @@ def _run_sum4(r0, r1, r2, r3, start, length):  # type: ignore[no-untyped-def]
         a3 += np.float64(r3[i])
         i += one
     return a0, a1, a2, a3
+
 
 @_jit
 def _float_sums(x, starts, lengths, region, sums, nans):  # type: ignore[no-untyped-def]
@@ -242,7 +250,6 @@ def _float_sums(x, starts, lengths, region, sums, nans):  # type: ignore[no-unty
                 nans[f, region[r]] += c
             sums[f, region[r]] += acc
         f += 1
-
 
 
 _INT_SUMS = {"u32": _int_sums_u32, "i32": _int_sums_i32, "i64": _int_sums_i64}

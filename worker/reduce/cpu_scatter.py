@@ -46,6 +46,30 @@ def label_table(flat_labels: np.ndarray, n_regions: int) -> np.ndarray:
 
 
 @_jit
+def _flush_sums(rec, out, f0):  # type: ignore[no-untyped-def]
+    """Rows f0 .. f0 + GROUP of ``out`` (B, K): the records' copies added up."""
+    copies = rec.shape[1] // GROUP
+    for k in range(1, rec.shape[0]):
+        for g in range(GROUP):
+            total = rec[k, g]
+            for c in range(1, copies):
+                total += rec[k, c * GROUP + g]
+            out[f0 + g, k - 1] = total
+
+
+@_jit
+def _reset(rec, low, high):  # type: ignore[no-untyped-def]
+    """Records of moments emptied: zero sums and counts, min/max at their identities."""
+    for k in range(rec.shape[0]):
+        for g in range(GROUP):
+            rec[k, g] = 0
+            rec[k, GROUP + g] = 0
+            rec[k, 2 * GROUP + g] = 0
+            rec[k, 3 * GROUP + g] = low
+            rec[k, 4 * GROUP + g] = high
+
+
+@_jit
 def _int_sums(x, lab, rec, out):  # type: ignore[no-untyped-def]
     """int64 sums; ``rec`` (K + 1, 2 * GROUP): copy 0 in [0, GROUP), copy 1 after it."""
     one = np.uint64(1)
@@ -65,13 +89,13 @@ def _int_sums(x, lab, rec, out):  # type: ignore[no-untyped-def]
                 b[group + g] += np.int64(x[uf + g, p + one])
                 g += one
             p += two
-        if p < n:
+        if p < n:  # an odd last pixel
             a = rec[np.uint64(lab[p])]
-            for g in range(GROUP):
-                a[g] += np.int64(x[f0 + g, p])
-        for k in range(1, rec.shape[0]):
-            for g in range(GROUP):
-                out[f0 + g, k - 1] = rec[k, g] + rec[k, GROUP + g]
+            g = np.uint64(0)
+            while g < group:
+                a[g] += np.int64(x[uf + g, p])
+                g += one
+        _flush_sums(rec, out, f0)
 
 
 @_jit
@@ -79,7 +103,6 @@ def _float_sums(x, lab, rec, nans, out, nan_out):  # type: ignore[no-untyped-def
     """float64 sums skipping NaN, and NaN counts (``nans`` (K + 1, GROUP)); +/-inf are
     added as they are, which gives numpy's nansum rules (inf - inf = NaN)."""
     one = np.uint64(1)
-    two = np.uint64(2)
     group = np.uint64(GROUP)
     n = np.uint64(lab.size)
     for f0 in range(0, x.shape[0], GROUP):
@@ -101,10 +124,8 @@ def _float_sums(x, lab, rec, nans, out, nan_out):  # type: ignore[no-untyped-def
                     nans[k, g] += 1
                 g += one
             p += one
-        for k in range(1, rec.shape[0]):
-            for g in range(GROUP):
-                out[f0 + g, k - 1] = rec[k, g] + rec[k, GROUP + g]
-                nan_out[f0 + g, k - 1] = nans[k, g]
+        _flush_sums(rec, out, f0)
+        _flush_sums(nans, nan_out, f0)
 
 
 def scatter_sums(
@@ -149,13 +170,7 @@ def _small_int_moments(x, lab, rec, acc):  # type: ignore[no-untyped-def]
     n = np.uint64(lab.size)
     big = np.iinfo(np.int64).max
     for f0 in range(0, x.shape[0], GROUP):
-        for k in range(rec.shape[0]):
-            for g in range(GROUP):
-                rec[k, g] = 0
-                rec[k, GROUP + g] = 0
-                rec[k, 2 * GROUP + g] = 0
-                rec[k, 3 * GROUP + g] = big
-                rec[k, 4 * GROUP + g] = -big
+        _reset(rec, big, -big)
         uf = np.uint64(f0)
         p = np.uint64(0)
         while p < n:
@@ -182,13 +197,7 @@ def _wide_int_moments(x, lab, rec, acc):  # type: ignore[no-untyped-def]
     n = np.uint64(lab.size)
     big = np.iinfo(np.int64).max
     for f0 in range(0, x.shape[0], GROUP):
-        for k in range(rec.shape[0]):
-            for g in range(GROUP):
-                rec[k, g] = 0
-                rec[k, GROUP + g] = 0
-                rec[k, 2 * GROUP + g] = 0
-                rec[k, 3 * GROUP + g] = big
-                rec[k, 4 * GROUP + g] = -big
+        _reset(rec, big, -big)
         uf = np.uint64(f0)
         p = np.uint64(0)
         while p < n:
@@ -219,13 +228,7 @@ def _float_moments(x, lab, rec, shift, acc):  # type: ignore[no-untyped-def]
     n = np.uint64(lab.size)
     inf = np.inf
     for f0 in range(0, x.shape[0], GROUP):
-        for k in range(rec.shape[0]):
-            for g in range(GROUP):
-                rec[k, g] = 0.0
-                rec[k, GROUP + g] = 0.0
-                rec[k, 2 * GROUP + g] = 0.0
-                rec[k, 3 * GROUP + g] = inf
-                rec[k, 4 * GROUP + g] = -inf
+        _reset(rec, inf, -inf)
         uf = np.uint64(f0)
         p = np.uint64(0)
         while p < n:

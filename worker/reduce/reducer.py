@@ -142,7 +142,9 @@ class MaskedReducer:
         _check_dtype(dtype)
         if shape[0] == 0 or self.n_regions == 0 or self.pixel_count.sum() == 0:
             empty = {"sum": 0.0, "count": 0.0}
-            return {s: np.full((shape[0], self.n_regions), empty.get(s, np.nan)) for s in self.stats}
+            return {
+                s: np.full((shape[0], self.n_regions), empty.get(s, np.nan)) for s in self.stats
+            }
         return self._impl.reduce(frames)
 
     def host_buffer(self, frames: int, dtype: np.dtype | type) -> np.ndarray | None:

@@ -207,34 +207,37 @@ class TritonRegions:
         shape = (n_frames, n_slots)
         part_sum = torch.empty(shape, dtype=torch.float64 if is_float else torch.int64, device=dev)
         part_n = torch.empty(shape, dtype=torch.int64, device=dev)
-        extra = [torch.empty(shape, dtype=torch.float64, device=dev) for _ in range(3)]
         if moments:
-            part_min, part_max, part_m2 = extra
+            part_min, part_max, part_m2 = (
+                torch.empty(shape, dtype=torch.float64, device=dev) for _ in range(3)
+            )
         else:  # never written: the kernel is compiled without those stores
             part_min = part_max = part_m2 = part_n
         if n_frames and self.n_tiles:
             grid = (self.n_tiles, -(-n_frames // FRAMES))
-            _kernel(interpreting())[grid](
-                raw,
-                self.pixels,
-                self.local,
-                self.tile_start,
-                self.tile_len,
-                part_sum,
-                part_n,
-                part_min,
-                part_max,
-                part_m2,
-                n_frames,
-                n_pixels,
-                n_slots,
-                KEEP=keep,
-                IS_FLOAT=is_float,
-                MOMENTS=moments,
-                BLOCK=BLOCK,
-                BINS=BINS,
-                FRAMES=FRAMES,
-            )
+            # inf - inf is NaN by design; the interpreter computes with numpy, which warns.
+            with np.errstate(invalid="ignore", over="ignore"):
+                _kernel(interpreting())[grid](
+                    raw,
+                    self.pixels,
+                    self.local,
+                    self.tile_start,
+                    self.tile_len,
+                    part_sum,
+                    part_n,
+                    part_min,
+                    part_max,
+                    part_m2,
+                    n_frames,
+                    n_pixels,
+                    n_slots,
+                    KEEP=keep,
+                    IS_FLOAT=is_float,
+                    MOMENTS=moments,
+                    BLOCK=BLOCK,
+                    BINS=BINS,
+                    FRAMES=FRAMES,
+                )
         return self._merge(part_sum, part_n, part_min, part_max, part_m2, moments)
 
     def _merge(
