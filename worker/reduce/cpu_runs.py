@@ -36,7 +36,8 @@ import numba
 import numpy as np
 
 #: Longest run in pixels: 65535 * 16384 < 2**32 and 32768 * 16384 < 2**31, so the
-#: per-run accumulators of 8/16-bit input cannot overflow.
+#: per-run accumulators of 8/16-bit input cannot overflow (and a float64 run of
+#: 128 KiB is still in L2 when the moments loop reads it a second time).
 CHUNK = 16384
 #: Frames summed side by side per run (float and uint32-accumulated input).
 GROUP = 4
@@ -335,45 +336,93 @@ def _wide_int_moments(x, starts, lengths, region, acc):  # type: ignore[no-untyp
 
 
 @_jit_reassoc
-def _float_moments(x, starts, lengths, region, shift, acc):  # type: ignore[no-untyped-def]
-    """Floats: sums of d = x - shift[f, k] and of d * d, min, max and the count of
-    non-NaN pixels (NaN pixels are skipped by every one of them)."""
+def _float_run_sums(row, start, length, c):  # type: ignore[no-untyped-def]
+    """Sums of d = x - c and of d * d, and the count, over a run's non-NaN pixels
+    (vectorized: the NaN test is a select, the sums may be reordered)."""
     one = np.uint64(1)
-    inf = np.inf
+    i = np.uint64(start)
+    end = i + np.uint64(length)
+    s = 0.0
+    q = 0.0
+    n = 0.0
+    while i < end:
+        v = np.float64(row[i])
+        valid = v == v
+        d = v - c if valid else 0.0
+        s += d
+        q += d * d
+        n += 1.0 if valid else 0.0
+        i += one
+    return s, q, n
+
+
+@_jit
+def _key_extremes(bits, start, length, shift, mask, nan_above, top, bottom):  # type: ignore[no-untyped-def]
+    """min and max of a run of floats as integer keys, NaN skipped: ``bits`` is the run
+    viewed as signed integers of the float's width, and key = b ^ ((b >> shift) & mask)
+    orders like the floats (negative ones have their magnitude bits flipped). An integer
+    min/max is vectorized by LLVM; a float one that must skip NaN is not. ``top`` and
+    ``bottom`` (no key of a non-NaN float) come back for a run of NaN only."""
+    one = np.uint64(1)
+    i = np.uint64(start)
+    end = i + np.uint64(length)
+    lo = top
+    hi = bottom
+    while i < end:
+        b = bits[i]
+        key = b ^ ((b >> shift) & mask)
+        nan = (b & mask) > nan_above
+        lo = min(lo, top if nan else key)
+        hi = max(hi, bottom if nan else key)
+        i += one
+    return lo, hi
+
+
+@_jit
+def _float_moments(x, bits, starts, lengths, region, shift, acc, keys, cell):  # type: ignore[no-untyped-def]
+    """Floats: sums of d = x - shift[f, k] and of d * d, the count of non-NaN pixels,
+    min and max (NaN pixels are skipped by every one of them). The run is read twice,
+    the second time from cache. ``keys`` = (shift, mask, nan_above, top, bottom) of the
+    float width (see ``_key_extremes``); ``cell`` a 1-element integer array whose float
+    view turns a key back into its float."""
+    kshift, mask, nan_above, top, bottom = keys
+    value = cell.view(x.dtype)
     for f in range(x.shape[0]):
         row = x[f]
+        raw = bits[f]
         for r in range(starts.size):
-            i = np.uint64(starts[r])
-            end = i + np.uint64(lengths[r])
             k = region[r]
-            c = shift[f, k]
-            s = 0.0
-            q = 0.0
-            n = 0.0
-            lo = inf
-            hi = -inf
-            while i < end:
-                v = np.float64(row[i])
-                valid = v == v
-                d = v - c if valid else 0.0
-                s += d
-                q += d * d
-                n += 1.0 if valid else 0.0
-                lo = v if v < lo else lo  # a comparison with NaN is False: skipped
-                hi = v if v > hi else hi
-                i += one
+            s, q, n = _float_run_sums(row, starts[r], lengths[r], shift[f, k])
             acc[0, f, k] += s
             acc[1, f, k] += q
             acc[2, f, k] += n
-            acc[3, f, k] = min(acc[3, f, k], lo)
-            acc[4, f, k] = max(acc[4, f, k], hi)
+            lo, hi = _key_extremes(raw, starts[r], lengths[r], kshift, mask, nan_above, top, bottom)
+            if lo == top:
+                continue  # NaN only
+            cell[0] = lo ^ ((lo >> kshift) & mask)
+            acc[3, f, k] = min(acc[3, f, k], np.float64(value[0]))
+            cell[0] = hi ^ ((hi >> kshift) & mask)
+            acc[4, f, k] = max(acc[4, f, k], np.float64(value[0]))
+
+
+def _key_constants(dtype: np.dtype) -> tuple[np.dtype, tuple[np.integer, ...]]:
+    """The signed integer type of a float's width and ``_key_extremes``' constants."""
+    if dtype.itemsize == 4:
+        t, bits, nan_above = np.int32, 31, 0x7F800000
+    else:
+        t, bits, nan_above = np.int64, 63, 0x7FF0000000000000
+    info = np.iinfo(t)
+    consts = (t(bits), t(info.max), t(nan_above), t(info.max), t(info.min))
+    return np.dtype(t), consts
 
 
 def run_moments(x: np.ndarray, runs: Runs, acc: np.ndarray, shift: np.ndarray | None) -> None:
     """Add the moments of frames ``x`` (B, pixels) into ``acc`` (``moments`` layout)."""
     if x.dtype.kind == "f":
         assert shift is not None
-        _float_moments(x, *runs, shift, acc)
+        int_type, keys = _key_constants(x.dtype)
+        cell = np.zeros(1, dtype=int_type)
+        _float_moments(x, x.view(int_type), *runs, shift, acc, keys, cell)
     elif x.dtype.itemsize == 4:
         _wide_int_moments(x, *runs, acc)
     else:
