@@ -241,11 +241,11 @@ def table(args: argparse.Namespace, device: torch.device) -> None:
                 },
                 args.repeat,
             )
-            art = interleaved({"article": article_fn(few, mask, device)}, 1)["article"]
+            article = interleaved({"article": article_fn(few, mask, device)}, 1)["article"]
             yard += times["yardstick"]
             k1, k2 = gbps(frames.nbytes, times["fast"]), gbps(frames.nbytes, times["full"])
-            art_rate = gbps(sum(p.nbytes for p in few), art)
-            rows.append((dname, mname, k1, k2, art_rate, exact, chosen(fast), chosen(full)))
+            art = gbps(sum(p.nbytes for p in few), article)
+            rows.append((dname, mname, k1, k2, art, exact, chosen(fast), chosen(full)))
             print(f"# measured {dname} / {mname}", file=sys.stderr, flush=True)
     best_yard = gbps(yard_src.nbytes, yard)
     print(
@@ -259,9 +259,9 @@ def table(args: argparse.Namespace, device: torch.device) -> None:
         "all six / sum+mean | exact | strategy (sum+mean; all six) |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    for dname, mname, k1, k2, art, exact, s1, s2 in rows:
+    for dname, mname, k1, k2, art_rate, exact, s1, s2 in rows:
         print(
-            f"| {dname} | {mname} | {k1:.2f} | {k2:.2f} | {art:.2f} | {k1 / best_yard:.2f}x | "
+            f"| {dname} | {mname} | {k1:.2f} | {k2:.2f} | {art_rate:.2f} | {k1 / best_yard:.2f}x | "
             f"{k2 / k1:.2f} | {'yes' if exact else 'NO'} | {s1}; {s2} |"
         )
 
@@ -291,8 +291,8 @@ def sweep(args: argparse.Namespace, device: torch.device) -> None:
             fns["csr"] = csr
         times = interleaved(fns, args.repeat)
         rate = {name: gbps(frames.nbytes, t) for name, t in times.items()}
-        runs = np.count_nonzero(np.diff(labels.ravel()) != 0)
-        rows.append((k, rate, chosen(reducers["sum"]), chosen(reducers["all"]), runs))
+        changes = int(np.count_nonzero(np.diff(labels.ravel()) != 0))
+        rows.append((k, rate, chosen(reducers["sum"]), chosen(reducers["all"]), changes))
         print(f"# measured K = {k}", file=sys.stderr, flush=True)
     print(
         f"\n## K sweep (`--sections sweep`, uint16 {SIZE}x{SIZE}, {args.sweep_frames} frames "
@@ -304,19 +304,16 @@ def sweep(args: argparse.Namespace, device: torch.device) -> None:
         "forced runs: sum, all six | forced scatter: sum, all six |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for k, rate, s_sum, s_all, runs in rows:
-        csr = f"{rate['csr']:.2f}" if "csr" in rate else "no scipy"
-
-        def forced(strategy: str, rate: dict[str, float] = rate) -> str:
-            if f"sum {strategy}" not in rate:
-                return "-"
-            return f"{rate[f'sum {strategy}']:.2f}, {rate[f'all {strategy}']:.2f}"
-
+    for k, rate, s_sum, s_all, changes in rows:
+        csr_rate = f"{rate['csr']:.2f}" if "csr" in rate else "no scipy"
+        forced_rates = [
+            f"{rate[f'sum {s}']:.2f}, {rate[f'all {s}']:.2f}" if f"sum {s}" in rate else "-"
+            for s in STRATEGIES
+        ]
         print(
-            f"| {k:,} | {runs:,} | {rate['sum']:.2f} | {rate['all']:.2f} | "
-            f"{rate['bincount']:.2f} | {csr} | {rate['sum'] / rate['bincount']:.2f}x | "
-            f"{rate['all'] / rate['sum']:.2f} | {s_sum}; {s_all} | {forced('runs')} | "
-            f"{forced('scatter')} |"
+            f"| {k:,} | {changes:,} | {rate['sum']:.2f} | {rate['all']:.2f} | "
+            f"{rate['bincount']:.2f} | {csr_rate} | {rate['sum'] / rate['bincount']:.2f}x | "
+            f"{rate['all'] / rate['sum']:.2f} | {s_sum}; {s_all} | {' | '.join(forced_rates)} |"
         )
 
 

@@ -405,22 +405,20 @@ def _float_moments(x, bits, starts, lengths, region, shift, acc, keys, cell):  #
             acc[4, f, k] = max(acc[4, f, k], np.float64(value[0]))
 
 
-def _key_constants(dtype: np.dtype) -> tuple[np.dtype, tuple[np.integer, ...]]:
-    """The signed integer type of a float's width and ``_key_extremes``' constants."""
-    if dtype.itemsize == 4:
-        t, bits, nan_above = np.int32, 31, 0x7F800000
-    else:
-        t, bits, nan_above = np.int64, 63, 0x7FF0000000000000
-    info = np.iinfo(t)
-    consts = (t(bits), t(info.max), t(nan_above), t(info.max), t(info.min))
-    return np.dtype(t), consts
+#: Float width -> (signed integer of that width, ``_key_extremes``' constants: shift,
+#: mask, largest non-NaN magnitude bits, top, bottom).
+_KEYS: dict[int, tuple[type[np.signedinteger], tuple[int, ...]]] = {
+    4: (np.int32, (31, 2**31 - 1, 0x7F800000, 2**31 - 1, -(2**31))),
+    8: (np.int64, (63, 2**63 - 1, 0x7FF0000000000000, 2**63 - 1, -(2**63))),
+}
 
 
 def run_moments(x: np.ndarray, runs: Runs, acc: np.ndarray, shift: np.ndarray | None) -> None:
     """Add the moments of frames ``x`` (B, pixels) into ``acc`` (``moments`` layout)."""
     if x.dtype.kind == "f":
         assert shift is not None
-        int_type, keys = _key_constants(x.dtype)
+        int_type, constants = _KEYS[x.dtype.itemsize]
+        keys = tuple(int_type(c) for c in constants)
         cell = np.zeros(1, dtype=int_type)
         _float_moments(x, x.view(int_type), *runs, shift, acc, keys, cell)
     elif x.dtype.itemsize == 4:
