@@ -298,12 +298,12 @@ def sweep(args: argparse.Namespace, device: torch.device) -> None:
         f"\n## K sweep (`--sections sweep`, uint16 {SIZE}x{SIZE}, {args.sweep_frames} frames "
         f"in blocks of {args.block}, {args.repeat} interleaved rounds, best)"
     )
+    forced_heads = "".join(f" forced {s}: sum, all six |" for s in STRATEGIES)
     print(
         "\n| K | label changes / frame | sum | all six | bincount (sum) | CSR (sum) | "
-        "sum / bincount | all six / sum | strategy (sum; all six) | "
-        "forced runs: sum, all six | forced scatter: sum, all six |"
+        "sum / bincount | all six / sum | strategy (sum; all six) |" + forced_heads
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---" * (9 + len(STRATEGIES)) + "|")
     for k, rate, s_sum, s_all, changes in rows:
         csr_rate = f"{rate['csr']:.2f}" if "csr" in rate else "no scipy"
         forced_rates = [

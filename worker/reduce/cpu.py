@@ -5,7 +5,9 @@ A strategy is a way to visit a mask's pixels, named for what it does:
 * ``runs`` (``cpu_runs``): runs of one label, each a contiguous vectorized loop; cost
   per run, so it wins for few, long runs.
 * ``scatter`` (``cpu_scatter``): every pixel's value added into its region's
-  accumulators; cost per pixel, whatever the number of regions.
+  accumulators; cost per pixel, whatever the number of regions. For min/max/std it
+  comes in two variants (``scatter``, ``scatter-branchless``) that differ only in how
+  min and max are updated, which depends on the regions' sizes.
 
 Which one a mask gets is measured, not guessed (``choose``): on the first block of each
 dtype both run on a few of its frames and the faster is kept for the reducer's life.
@@ -27,8 +29,9 @@ import numpy as np
 
 from . import cpu_runs, cpu_scatter, moments
 
-#: The strategies, by name.
-STRATEGIES = ("runs", "scatter")
+#: The strategies, by name ("scatter-branchless" differs from "scatter" only in how
+#: min and max are updated, see ``cpu_scatter._extremes``).
+STRATEGIES = ("runs", "scatter", "scatter-branchless")
 #: Frames of the first block that the strategies are timed on (each, best of ``_ROUNDS``).
 _SAMPLE_FRAMES = 2 * cpu_scatter.GROUP
 _ROUNDS = 3
@@ -133,7 +136,8 @@ class CpuReducer:
         strategy = self.strategy or self.chosen.get(x.dtype)
         if strategy is None:
             sample = x[:_SAMPLE_FRAMES]
-            strategy = choose({s: functools.partial(self.run, s, sample) for s in STRATEGIES})
+            candidates = STRATEGIES if self.all_moments else ("runs", "scatter")
+            strategy = choose({s: functools.partial(self.run, s, sample) for s in candidates})
             self.chosen[x.dtype] = strategy
         return self.run(strategy, x)
 
@@ -169,14 +173,15 @@ class CpuReducer:
         if strategy == "runs":
             cpu_runs.run_moments(x, self.runs, acc, shift)
             return
+        branchless = strategy == "scatter-branchless"
         padded, b = _pad(x, cpu_scatter.GROUP)
         if padded is x:
-            cpu_scatter.scatter_moments(x, self.labels, acc, shift)
+            cpu_scatter.scatter_moments(x, self.labels, acc, shift, branchless)
             return
         part = moments.new_accumulators(padded.shape[0], self.n_regions, x.dtype.kind == "f")
         if shift is not None:
             shift = np.concatenate([shift, np.zeros((padded.shape[0] - b, shift.shape[1]))])
-        cpu_scatter.scatter_moments(padded, self.labels, part, shift)
+        cpu_scatter.scatter_moments(padded, self.labels, part, shift, branchless)
         acc[...] = part[:, :b]
 
     def _two_pass(self, x: np.ndarray, flagged: np.ndarray, rows: np.ndarray) -> None:

@@ -20,9 +20,9 @@ Records live in a reused scratch array of ``K + 1`` rows and are moved into the
 of ``GROUP`` (the caller pads the rest of a block with zero frames).
 
 All statistics (``scatter_moments``) take one read: the same fields as the runs
-strategy (see ``moments``). min and max are updated behind a branch: after the first
-few pixels of a region they rarely change, so the branch is predicted and the store
-skipped, which is what bounds this loop.
+strategy (see ``moments``). Stores bound this loop; min and max are updated behind a
+branch (skipping the store where they stay) or always (no mispredicts), see
+``_extremes``.
 """
 
 from __future__ import annotations
@@ -162,8 +162,25 @@ def _flush(rec, acc, f0):  # type: ignore[no-untyped-def]
                 acc[field, f0 + g, k - 1] = rec[k, field * GROUP + g]
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _extremes(a, lo, hi, v, branchless):  # type: ignore[no-untyped-def]
+    """a[lo] = min(a[lo], v) and a[hi] = max(a[hi], v). Behind a branch, the stores are
+    skipped where min and max stay, which is most pixels of a large region; but in
+    small regions (a few pixels per frame) the branch is mispredicted so often that
+    always storing (``branchless``, a conditional move) is faster. Which one a mask
+    gets is measured (``cpu.choose``)."""
+    if branchless:
+        a[lo] = min(a[lo], v)
+        a[hi] = max(a[hi], v)
+    else:
+        if v < a[lo]:
+            a[lo] = v
+        if v > a[hi]:
+            a[hi] = v
+
+
 @_jit
-def _small_int_moments(x, lab, rec, acc):  # type: ignore[no-untyped-def]
+def _small_int_moments(x, lab, rec, acc, branchless):  # type: ignore[no-untyped-def]
     """(u)int8/16: sum and sum of squares in int64 (no overflow below 2**31 pixels)."""
     one = np.uint64(1)
     group = np.uint64(GROUP)
@@ -180,17 +197,14 @@ def _small_int_moments(x, lab, rec, acc):  # type: ignore[no-untyped-def]
                 v = np.int64(x[uf + g, p])
                 a[g] += v
                 a[group + g] += v * v
-                if v < a[np.uint64(3) * group + g]:
-                    a[np.uint64(3) * group + g] = v
-                if v > a[np.uint64(4) * group + g]:
-                    a[np.uint64(4) * group + g] = v
+                _extremes(a, np.uint64(3) * group + g, np.uint64(4) * group + g, v, branchless)
                 g += one
             p += one
         _flush(rec, acc, f0)
 
 
 @_jit
-def _wide_int_moments(x, lab, rec, acc):  # type: ignore[no-untyped-def]
+def _wide_int_moments(x, lab, rec, acc, branchless):  # type: ignore[no-untyped-def]
     """(u)int32: squares added as 128-bit numbers (low 64 bits wrapping, carries)."""
     one = np.uint64(1)
     group = np.uint64(GROUP)
@@ -210,17 +224,14 @@ def _wide_int_moments(x, lab, rec, acc):  # type: ignore[no-untyped-def]
                 low = np.uint64(a[group + g]) + sq
                 a[group + g] = np.int64(low)
                 a[np.uint64(2) * group + g] += np.int64(low < sq)
-                if v < a[np.uint64(3) * group + g]:
-                    a[np.uint64(3) * group + g] = v
-                if v > a[np.uint64(4) * group + g]:
-                    a[np.uint64(4) * group + g] = v
+                _extremes(a, np.uint64(3) * group + g, np.uint64(4) * group + g, v, branchless)
                 g += one
             p += one
         _flush(rec, acc, f0)
 
 
 @_jit
-def _float_moments(x, lab, rec, shift, acc):  # type: ignore[no-untyped-def]
+def _float_moments(x, lab, rec, shift, acc, branchless):  # type: ignore[no-untyped-def]
     """Floats: sums of d = x - shift and of d * d, count, min, max; NaN skipped.
     ``shift`` (K + 1, B) holds each frame's shift per label (row 0 unused)."""
     one = np.uint64(1)
@@ -243,30 +254,32 @@ def _float_moments(x, lab, rec, shift, acc):  # type: ignore[no-untyped-def]
                     a[g] += d
                     a[group + g] += d * d
                     a[np.uint64(2) * group + g] += 1.0
-                    if v < a[np.uint64(3) * group + g]:
-                        a[np.uint64(3) * group + g] = v
-                    if v > a[np.uint64(4) * group + g]:
-                        a[np.uint64(4) * group + g] = v
+                    _extremes(a, np.uint64(3) * group + g, np.uint64(4) * group + g, v, branchless)
                 g += one
             p += one
         _flush(rec, acc, f0)
 
 
 def scatter_moments(
-    x: np.ndarray, lab: np.ndarray, acc: np.ndarray, shift: np.ndarray | None
+    x: np.ndarray,
+    lab: np.ndarray,
+    acc: np.ndarray,
+    shift: np.ndarray | None,
+    branchless: bool = False,
 ) -> None:
     """Write the moments of frames ``x`` (B, pixels), B a multiple of GROUP, into ``acc``
-    (``moments`` layout (5, B, K)); ``shift`` (B, K) for floats."""
+    (``moments`` layout (5, B, K)); ``shift`` (B, K) for floats. ``branchless``: min and
+    max always stored (see ``_extremes``)."""
     n_regions = acc.shape[2]
     if x.dtype.kind == "f":
         assert shift is not None
         table = np.zeros((n_regions + 1, x.shape[0]))
         table[1:] = shift.T
         rec = np.empty((n_regions + 1, _FIELDS * GROUP))
-        _float_moments(x, lab, rec, table, acc)
+        _float_moments(x, lab, rec, table, acc, branchless)
         return
     rec = np.empty((n_regions + 1, _FIELDS * GROUP), dtype=np.int64)
     if x.dtype.itemsize == 4:
-        _wide_int_moments(x, lab, rec, acc)
+        _wide_int_moments(x, lab, rec, acc, branchless)
     else:
-        _small_int_moments(x, lab, rec, acc)
+        _small_int_moments(x, lab, rec, acc, branchless)

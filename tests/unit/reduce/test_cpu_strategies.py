@@ -52,23 +52,22 @@ def test_the_choice_is_measured_once_per_dtype_and_kept() -> None:
 def test_a_forced_strategy_is_the_one_that_runs(strategy: str) -> None:
     mask = np.random.default_rng(2).integers(0, 4, (16, 16))
     frames = np.arange(8 * 256, dtype=np.uint16).reshape(8, 16, 16)
-    used = {
-        "runs": (cpu_runs, "run_sums", "run_moments"),
-        "scatter": (cpu_scatter, "scatter_sums", "scatter_moments"),
-    }
-    other = "scatter" if strategy == "runs" else "runs"
-    module, sums, moments = used[strategy]
-    forbidden = used[other]
-    for stats, name in ((("sum", "count"), sums), (STATS, moments)):
+    scatter = strategy.startswith("scatter")
+    module, other = (cpu_scatter, cpu_runs) if scatter else (cpu_runs, cpu_scatter)
+    names = ("scatter_sums", "scatter_moments") if scatter else ("run_sums", "run_moments")
+    others = ("run_sums", "run_moments") if scatter else ("scatter_sums", "scatter_moments")
+    for stats, name in ((("sum", "count"), names[0]), (STATS, names[1])):
         reducer = MaskedReducer(mask, stats, "cpu", strategy=strategy)
         with (
             mock.patch.object(module, name, wraps=getattr(module, name)) as wanted,
-            mock.patch.object(forbidden[0], forbidden[1], side_effect=AssertionError),
-            mock.patch.object(forbidden[0], forbidden[2], side_effect=AssertionError),
+            mock.patch.object(other, others[0], side_effect=AssertionError),
+            mock.patch.object(other, others[1], side_effect=AssertionError),
             mock.patch.object(cpu, "choose", side_effect=AssertionError("measured")),
         ):
             assert_matches(reducer.reduce(frames), frames, mask, stats)
         assert wanted.call_count == 1
+        if name == "scatter_moments":
+            assert wanted.call_args.args[-1] is (strategy == "scatter-branchless")
 
 
 # -- runs ----------------------------------------------------------------------------------
