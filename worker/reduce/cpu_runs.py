@@ -90,25 +90,6 @@ _jit_reassoc = numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
 
 
 @_jit
-def _int_run_sum4_u32(r0, r1, r2, r3, start, length):  # type: ignore[no-untyped-def]
-    """uint32 sums of [start:start + length] of four rows in one pass."""
-    one = np.uint64(1)
-    i = np.uint64(start)
-    end = i + np.uint64(length)
-    a0 = np.uint32(0)
-    a1 = np.uint32(0)
-    a2 = np.uint32(0)
-    a3 = np.uint32(0)
-    while i < end:
-        a0 += np.uint32(r0[i])
-        a1 += np.uint32(r1[i])
-        a2 += np.uint32(r2[i])
-        a3 += np.uint32(r3[i])
-        i += one
-    return a0, a1, a2, a3
-
-
-@_jit
 def _int_sums_u32(x, starts, lengths, region, out):  # type: ignore[no-untyped-def]
     one = np.uint64(1)
     n_frames = x.shape[0]
@@ -117,7 +98,7 @@ def _int_sums_u32(x, starts, lengths, region, out):  # type: ignore[no-untyped-d
         r0, r1, r2, r3 = x[f], x[f + 1], x[f + 2], x[f + 3]
         for r in range(starts.size):
             k = region[r]
-            a0, a1, a2, a3 = _int_run_sum4_u32(r0, r1, r2, r3, starts[r], lengths[r])
+            a0, a1, a2, a3 = _run_sum4(r0, r1, r2, r3, starts[r], lengths[r], np.uint32(0))
             out[f, k] += np.int64(a0)
             out[f + 1, k] += np.int64(a1)
             out[f + 2, k] += np.int64(a2)
@@ -137,33 +118,19 @@ def _int_sums_u32(x, starts, lengths, region, out):  # type: ignore[no-untyped-d
 
 
 @_jit
-def _int_sums_i32(x, starts, lengths, region, out):  # type: ignore[no-untyped-def]
+def _int_sums_signed(x, starts, lengths, region, out, zero):  # type: ignore[no-untyped-def]
+    """Sums frame by frame in the type of ``zero`` (int32 for int8/16, int64 for 32-bit)."""
     one = np.uint64(1)
     for f in range(x.shape[0]):
         row = x[f]
         for r in range(starts.size):
             i = np.uint64(starts[r])
             end = i + np.uint64(lengths[r])
-            acc = np.int32(0)
+            acc = zero
             while i < end:
-                acc += np.int32(row[i])
+                acc += type(zero)(row[i])
                 i += one
             out[f, region[r]] += np.int64(acc)
-
-
-@_jit
-def _int_sums_i64(x, starts, lengths, region, out):  # type: ignore[no-untyped-def]
-    one = np.uint64(1)
-    for f in range(x.shape[0]):
-        row = x[f]
-        for r in range(starts.size):
-            i = np.uint64(starts[r])
-            end = i + np.uint64(lengths[r])
-            acc = np.int64(0)
-            while i < end:
-                acc += np.int64(row[i])
-                i += one
-            out[f, region[r]] += acc
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
@@ -193,21 +160,23 @@ def _nan_run_sum(row, start, length):  # type: ignore[no-untyped-def]
     return acc, skipped
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
-def _run_sum4(r0, r1, r2, r3, start, length):  # type: ignore[no-untyped-def]
-    """float64 sums of [start:start + length] of four rows in one pass."""
+@_jit_reassoc
+def _run_sum4(r0, r1, r2, r3, start, length, zero):  # type: ignore[no-untyped-def]
+    """Sums of [start:start + length] of four rows in one pass, in the type of ``zero``
+    (uint32 for 8/16-bit integers: exact over CHUNK pixels; float64 for floats, where
+    ``reassoc`` lets LLVM reorder the additions into vector lanes)."""
     one = np.uint64(1)
     i = np.uint64(start)
     end = i + np.uint64(length)
-    a0 = 0.0
-    a1 = 0.0
-    a2 = 0.0
-    a3 = 0.0
+    a0 = zero
+    a1 = zero
+    a2 = zero
+    a3 = zero
     while i < end:
-        a0 += np.float64(r0[i])
-        a1 += np.float64(r1[i])
-        a2 += np.float64(r2[i])
-        a3 += np.float64(r3[i])
+        a0 += type(zero)(r0[i])
+        a1 += type(zero)(r1[i])
+        a2 += type(zero)(r2[i])
+        a3 += type(zero)(r3[i])
         i += one
     return a0, a1, a2, a3
 
@@ -224,7 +193,7 @@ def _float_sums(x, starts, lengths, region, sums, nans):  # type: ignore[no-unty
             s = starts[r]
             n = lengths[r]
             k = region[r]
-            a0, a1, a2, a3 = _run_sum4(r0, r1, r2, r3, s, n)
+            a0, a1, a2, a3 = _run_sum4(r0, r1, r2, r3, s, n, 0.0)
             if a0 != a0:  # NaN pixel (or inf - inf): nansum rules, count NaN
                 a0, c = _nan_run_sum(r0, s, n)
                 nans[f, k] += c
@@ -253,9 +222,6 @@ def _float_sums(x, starts, lengths, region, sums, nans):  # type: ignore[no-unty
         f += 1
 
 
-_INT_SUMS = {"u32": _int_sums_u32, "i32": _int_sums_i32, "i64": _int_sums_i64}
-
-
 def run_sums(x: np.ndarray, runs: Runs, n_regions: int) -> tuple[np.ndarray, np.ndarray]:
     """(sums, NaN counts) (B, K) of frames ``x`` (B, pixels), C-contiguous and native:
     int64 sums for integers, float64 for floats."""
@@ -266,7 +232,12 @@ def run_sums(x: np.ndarray, runs: Runs, n_regions: int) -> tuple[np.ndarray, np.
         _float_sums(x, starts, lengths, region, sums, nans)
         return sums, nans
     out = np.zeros((x.shape[0], n_regions), dtype=np.int64)
-    _INT_SUMS[_INT_ACC[(x.dtype.kind, x.dtype.itemsize)]](x, starts, lengths, region, out)
+    accumulator = _INT_ACC[(x.dtype.kind, x.dtype.itemsize)]
+    if accumulator == "u32":
+        _int_sums_u32(x, starts, lengths, region, out)
+    else:
+        zero = np.int32(0) if accumulator == "i32" else np.int64(0)
+        _int_sums_signed(x, starts, lengths, region, out, zero)
     return out, nans
 
 

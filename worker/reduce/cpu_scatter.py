@@ -180,8 +180,10 @@ def _extremes(a, lo, hi, v, branchless):  # type: ignore[no-untyped-def]
 
 
 @_jit
-def _small_int_moments(x, lab, rec, acc, branchless):  # type: ignore[no-untyped-def]
-    """(u)int8/16: sum and sum of squares in int64 (no overflow below 2**31 pixels)."""
+def _int_moments(x, lab, rec, acc, branchless, wide):  # type: ignore[no-untyped-def]
+    """Integers: sum, sum of squares, min, max. (u)int8/16: squares in int64 (no overflow
+    below 2**31 pixels); (u)int32 (``wide``): squares added as 128-bit numbers, the low
+    64 bits wrapping in field 1 and the carries in field 2."""
     one = np.uint64(1)
     group = np.uint64(GROUP)
     n = np.uint64(lab.size)
@@ -196,34 +198,13 @@ def _small_int_moments(x, lab, rec, acc, branchless):  # type: ignore[no-untyped
             while g < group:
                 v = np.int64(x[uf + g, p])
                 a[g] += v
-                a[group + g] += v * v
-                _extremes(a, np.uint64(3) * group + g, np.uint64(4) * group + g, v, branchless)
-                g += one
-            p += one
-        _flush(rec, acc, f0)
-
-
-@_jit
-def _wide_int_moments(x, lab, rec, acc, branchless):  # type: ignore[no-untyped-def]
-    """(u)int32: squares added as 128-bit numbers (low 64 bits wrapping, carries)."""
-    one = np.uint64(1)
-    group = np.uint64(GROUP)
-    n = np.uint64(lab.size)
-    big = np.iinfo(np.int64).max
-    for f0 in range(0, x.shape[0], GROUP):
-        _reset(rec, big, -big)
-        uf = np.uint64(f0)
-        p = np.uint64(0)
-        while p < n:
-            a = rec[np.uint64(lab[p])]
-            g = np.uint64(0)
-            while g < group:
-                v = np.int64(x[uf + g, p])
-                a[g] += v
-                sq = np.uint64(v * v)  # exact: < 2**64 (the int64 product wraps to it)
-                low = np.uint64(a[group + g]) + sq
-                a[group + g] = np.int64(low)
-                a[np.uint64(2) * group + g] += np.int64(low < sq)
+                if wide:
+                    sq = np.uint64(v * v)  # exact: < 2**64 (the int64 product wraps to it)
+                    low = np.uint64(a[group + g]) + sq
+                    a[group + g] = np.int64(low)
+                    a[np.uint64(2) * group + g] += np.int64(low < sq)
+                else:
+                    a[group + g] += v * v
                 _extremes(a, np.uint64(3) * group + g, np.uint64(4) * group + g, v, branchless)
                 g += one
             p += one
@@ -279,7 +260,4 @@ def scatter_moments(
         _float_moments(x, lab, rec, table, acc, branchless)
         return
     rec = np.empty((n_regions + 1, _FIELDS * GROUP), dtype=np.int64)
-    if x.dtype.itemsize == 4:
-        _wide_int_moments(x, lab, rec, acc, branchless)
-    else:
-        _small_int_moments(x, lab, rec, acc, branchless)
+    _int_moments(x, lab, rec, acc, branchless, x.dtype.itemsize == 4)

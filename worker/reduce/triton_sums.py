@@ -11,7 +11,7 @@ slots in int64, so there are no atomics and results are exact and deterministic.
 Only for sum/mean/count of few regions (``MAX_REGIONS``: the kernel loops over the
 regions in registers); ``triton_regions`` takes everything else. Triton is imported on
 first use only (it ships with CUDA builds of torch; CPU machines have none):
-``available()`` says whether it can be used. Under ``TRITON_INTERPRET=1`` the kernel
+``triton_regions.available()`` says whether it can be used. Under ``TRITON_INTERPRET=1`` the kernel
 also runs on CPU tensors (tests).
 """
 
@@ -84,17 +84,6 @@ def _kernel(interpret: bool) -> Any:
                     tl.store(out_ptr + (f.to(tl.int64) * n_blocks + c) * K + k, s.to(tl.int64))
 
     return region_sums
-
-
-def available(device: torch.device) -> bool:
-    """Triton imports and can run on ``device`` (CUDA, or anything when interpreting)."""
-    if device.type != "cuda" and not interpreting():
-        return False
-    try:
-        _kernel(interpreting())
-    except Exception:  # no triton, or one that cannot build here
-        return False
-    return True
 
 
 def supports(dtype: torch.dtype, n_regions: int) -> bool:
