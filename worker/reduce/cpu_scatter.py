@@ -45,28 +45,23 @@ def label_table(flat_labels: np.ndarray, n_regions: int) -> np.ndarray:
 # -- sums -------------------------------------------------------------------------------
 
 
+#: Records moved to the outputs per block of regions: a block's records stay in L1
+#: while each output row gets a contiguous run (the outputs' rows are K apart).
+_FLUSH_BLOCK = 64
+
+
 @_jit
 def _flush_sums(rec, out, f0):  # type: ignore[no-untyped-def]
     """Rows f0 .. f0 + GROUP of ``out`` (B, K): the records' copies added up."""
     copies = rec.shape[1] // GROUP
-    for k in range(1, rec.shape[0]):
+    for k0 in range(1, rec.shape[0], _FLUSH_BLOCK):
+        k1 = min(k0 + _FLUSH_BLOCK, rec.shape[0])
         for g in range(GROUP):
-            total = rec[k, g]
-            for c in range(1, copies):
-                total += rec[k, c * GROUP + g]
-            out[f0 + g, k - 1] = total
-
-
-@_jit
-def _reset(rec, low, high):  # type: ignore[no-untyped-def]
-    """Records of moments emptied: zero sums and counts, min/max at their identities."""
-    for k in range(rec.shape[0]):
-        for g in range(GROUP):
-            rec[k, g] = 0
-            rec[k, GROUP + g] = 0
-            rec[k, 2 * GROUP + g] = 0
-            rec[k, 3 * GROUP + g] = low
-            rec[k, 4 * GROUP + g] = high
+            for k in range(k0, k1):
+                total = rec[k, g]
+                for c in range(1, copies):
+                    total += rec[k, c * GROUP + g]
+                out[f0 + g, k - 1] = total
 
 
 @_jit
@@ -148,42 +143,77 @@ def scatter_sums(
 
 
 # -- all statistics in one read -----------------------------------------------------------
+#
+# One loop per input kind (integers, floats); what differs inside it (how a square is
+# added, how min and max are updated) comes in as a small jitted function argument, so
+# numba compiles one specialization per combination with nothing tested per pixel.
 
 #: Fields of a record, each GROUP wide: the ``moments`` layout's five fields.
 _FIELDS = 5
+_inline = numba.njit(cache=True, nogil=True, inline="always")
+
+
+@_inline
+def _square(a, i, v):  # type: ignore[no-untyped-def]
+    """Add v * v to a[i]: 8/16-bit input, where a region's squares fit int64."""
+    a[i] += v * v
+
+
+@_inline
+def _wide_square(a, i, v):  # type: ignore[no-untyped-def]
+    """Add v * v as a 128-bit number: low 64 bits (wrapping) in a[i], carries in
+    a[i + GROUP]; for 32-bit input, whose squares reach 2**64."""
+    sq = np.uint64(v * v)  # exact: < 2**64 (the int64 product wraps to it)
+    low = np.uint64(a[i]) + sq
+    a[i] = np.int64(low)
+    a[i + np.uint64(GROUP)] += np.int64(low < sq)
+
+
+@_inline
+def _branchy_extremes(a, i, v):  # type: ignore[no-untyped-def]
+    """min in a[i], max in a[i + GROUP], stored only where they change: after the first
+    pixels of a large region they rarely do, and the branch is predicted."""
+    if v < a[i]:
+        a[i] = v
+    if v > a[i + np.uint64(GROUP)]:
+        a[i + np.uint64(GROUP)] = v
+
+
+@_inline
+def _branchless_extremes(a, i, v):  # type: ignore[no-untyped-def]
+    """min and max always stored (conditional moves): faster where regions are small and
+    the branch would be mispredicted often."""
+    a[i] = min(a[i], v)
+    a[i + np.uint64(GROUP)] = max(a[i + np.uint64(GROUP)], v)
+
+
+@_jit
+def _reset(rec, low, high):  # type: ignore[no-untyped-def]
+    """Records of moments emptied: zero sums and counts, min/max at their identities."""
+    for k in range(rec.shape[0]):
+        for g in range(GROUP):
+            rec[k, g] = 0
+            rec[k, GROUP + g] = 0
+            rec[k, 2 * GROUP + g] = 0
+            rec[k, 3 * GROUP + g] = low
+            rec[k, 4 * GROUP + g] = high
 
 
 @_jit
 def _flush(rec, acc, f0):  # type: ignore[no-untyped-def]
     """Move a group's records into ``acc`` (5, B, K) rows f0 .. f0 + GROUP."""
-    for k in range(1, rec.shape[0]):
+    for k0 in range(1, rec.shape[0], _FLUSH_BLOCK):
+        k1 = min(k0 + _FLUSH_BLOCK, rec.shape[0])
         for field in range(_FIELDS):
             for g in range(GROUP):
-                acc[field, f0 + g, k - 1] = rec[k, field * GROUP + g]
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _extremes(a, lo, hi, v, branchless):  # type: ignore[no-untyped-def]
-    """a[lo] = min(a[lo], v) and a[hi] = max(a[hi], v). Behind a branch, the stores are
-    skipped where min and max stay, which is most pixels of a large region; but in
-    small regions (a few pixels per frame) the branch is mispredicted so often that
-    always storing (``branchless``, a conditional move) is faster. Which one a mask
-    gets is measured (``cpu.choose``)."""
-    if branchless:
-        a[lo] = min(a[lo], v)
-        a[hi] = max(a[hi], v)
-    else:
-        if v < a[lo]:
-            a[lo] = v
-        if v > a[hi]:
-            a[hi] = v
+                for k in range(k0, k1):
+                    acc[field, f0 + g, k - 1] = rec[k, field * GROUP + g]
 
 
 @_jit
-def _int_moments(x, lab, rec, acc, branchless, wide):  # type: ignore[no-untyped-def]
-    """Integers: sum, sum of squares, min, max. (u)int8/16: squares in int64 (no overflow
-    below 2**31 pixels); (u)int32 (``wide``): squares added as 128-bit numbers, the low
-    64 bits wrapping in field 1 and the carries in field 2."""
+def _int_moments(x, lab, rec, acc, square, extremes):  # type: ignore[no-untyped-def]
+    """Integers: sum (field 0), squares (``square``: fields 1-2), min and max
+    (``extremes``: fields 3-4)."""
     one = np.uint64(1)
     group = np.uint64(GROUP)
     n = np.uint64(lab.size)
@@ -198,21 +228,15 @@ def _int_moments(x, lab, rec, acc, branchless, wide):  # type: ignore[no-untyped
             while g < group:
                 v = np.int64(x[uf + g, p])
                 a[g] += v
-                if wide:
-                    sq = np.uint64(v * v)  # exact: < 2**64 (the int64 product wraps to it)
-                    low = np.uint64(a[group + g]) + sq
-                    a[group + g] = np.int64(low)
-                    a[np.uint64(2) * group + g] += np.int64(low < sq)
-                else:
-                    a[group + g] += v * v
-                _extremes(a, np.uint64(3) * group + g, np.uint64(4) * group + g, v, branchless)
+                square(a, group + g, v)
+                extremes(a, np.uint64(3) * group + g, v)
                 g += one
             p += one
         _flush(rec, acc, f0)
 
 
 @_jit
-def _float_moments(x, lab, rec, shift, acc, branchless):  # type: ignore[no-untyped-def]
+def _float_moments(x, lab, rec, shift, acc, extremes):  # type: ignore[no-untyped-def]
     """Floats: sums of d = x - shift and of d * d, count, min, max; NaN skipped.
     ``shift`` (K + 1, B) holds each frame's shift per label (row 0 unused)."""
     one = np.uint64(1)
@@ -235,7 +259,7 @@ def _float_moments(x, lab, rec, shift, acc, branchless):  # type: ignore[no-unty
                     a[g] += d
                     a[group + g] += d * d
                     a[np.uint64(2) * group + g] += 1.0
-                    _extremes(a, np.uint64(3) * group + g, np.uint64(4) * group + g, v, branchless)
+                    extremes(a, np.uint64(3) * group + g, v)
                 g += one
             p += one
         _flush(rec, acc, f0)
@@ -249,15 +273,19 @@ def scatter_moments(
     branchless: bool = False,
 ) -> None:
     """Write the moments of frames ``x`` (B, pixels), B a multiple of GROUP, into ``acc``
-    (``moments`` layout (5, B, K)); ``shift`` (B, K) for floats. ``branchless``: min and
-    max always stored (see ``_extremes``)."""
+    (``moments`` layout (5, B, K)); ``shift`` (B, K) for floats. min and max are updated
+    behind a branch or, ``branchless``, always stored; which is faster depends on the
+    regions' sizes."""
     n_regions = acc.shape[2]
     if x.dtype.kind == "f":
         assert shift is not None
         table = np.zeros((n_regions + 1, x.shape[0]))
         table[1:] = shift.T
         rec = np.empty((n_regions + 1, _FIELDS * GROUP))
-        _float_moments(x, lab, rec, table, acc, branchless)
+        extremes = _branchless_extremes if branchless else _branchy_extremes
+        _float_moments(x, lab, rec, table, acc, extremes)
         return
     rec = np.empty((n_regions + 1, _FIELDS * GROUP), dtype=np.int64)
-    _int_moments(x, lab, rec, acc, branchless, x.dtype.itemsize == 4)
+    square = _wide_square if x.dtype.itemsize == 4 else _square
+    extremes = _branchless_extremes if branchless else _branchy_extremes
+    _int_moments(x, lab, rec, acc, square, extremes)
