@@ -1,18 +1,18 @@
-"""The CPU engine: compiled numba loops over the raw frames, in one of two strategies.
+"""The CPU engine: compiled numba loops over the raw frames, in one of a few strategies.
 
 A strategy is a way to visit a mask's pixels, named for what it does:
 
 * ``runs`` (``cpu_runs``): runs of one label, each a contiguous vectorized loop; cost
   per run, so it wins for few, long runs.
 * ``scatter`` (``cpu_scatter``): every pixel's value added into its region's
-  accumulators; cost per pixel, whatever the number of regions. For min/max/std it
-  comes in two variants (``scatter``, ``scatter-branchless``) that differ only in how
-  min and max are updated, which depends on the regions' sizes.
+  accumulators; cost per pixel, whatever the number of regions K.
+* ``scatter-branchless``: the same, but min and max always stored rather than behind a
+  branch (for min/max/std only; faster where regions are small).
 
 Which one a mask gets is measured, not guessed (``choose``): on the first block of each
-dtype both run on a few of its frames and the faster is kept for the reducer's life.
-Both give the same integers bit for bit; float results may differ in the last bits
-(another summation order). ``strategy=`` forces one.
+dtype the candidates run on a few of its frames and the fastest is kept for the
+reducer's life. All give the same integers bit for bit; float sums may differ in the
+last bits (another summation order). ``strategy=`` forces one.
 
 With only sum/mean/count asked, the loops add up sums and NaN counts; with min, max or
 std too, they take all of them in the same single read (``moments``).
@@ -30,7 +30,7 @@ import numpy as np
 from . import cpu_runs, cpu_scatter, moments
 
 #: The strategies, by name ("scatter-branchless" differs from "scatter" only in how
-#: min and max are updated, see ``cpu_scatter._extremes``).
+#: min and max are updated, see ``cpu_scatter.scatter_moments``).
 STRATEGIES = ("runs", "scatter", "scatter-branchless")
 #: Frames of the first block that the strategies are timed on (each, best of ``_ROUNDS``).
 _SAMPLE_FRAMES = 2 * cpu_scatter.GROUP

@@ -90,6 +90,27 @@ _jit_reassoc = numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
 
 
 @_jit
+def _int_run_sum4_u32(r0, r1, r2, r3, start, length):  # type: ignore[no-untyped-def]
+    """uint32 sums of [start:start + length] of four rows in one pass (exact over CHUNK
+    pixels). Kept apart from its float64 twin ``_run_sum4`` (``reassoc``): one function
+    for both, typed by its accumulator, was slower (bench/RESULTS.md, kernel)."""
+    one = np.uint64(1)
+    i = np.uint64(start)
+    end = i + np.uint64(length)
+    a0 = np.uint32(0)
+    a1 = np.uint32(0)
+    a2 = np.uint32(0)
+    a3 = np.uint32(0)
+    while i < end:
+        a0 += np.uint32(r0[i])
+        a1 += np.uint32(r1[i])
+        a2 += np.uint32(r2[i])
+        a3 += np.uint32(r3[i])
+        i += one
+    return a0, a1, a2, a3
+
+
+@_jit
 def _int_sums_u32(x, starts, lengths, region, out):  # type: ignore[no-untyped-def]
     one = np.uint64(1)
     n_frames = x.shape[0]
@@ -98,7 +119,7 @@ def _int_sums_u32(x, starts, lengths, region, out):  # type: ignore[no-untyped-d
         r0, r1, r2, r3 = x[f], x[f + 1], x[f + 2], x[f + 3]
         for r in range(starts.size):
             k = region[r]
-            a0, a1, a2, a3 = _run_sum4(r0, r1, r2, r3, starts[r], lengths[r], np.uint32(0))
+            a0, a1, a2, a3 = _int_run_sum4_u32(r0, r1, r2, r3, starts[r], lengths[r])
             out[f, k] += np.int64(a0)
             out[f + 1, k] += np.int64(a1)
             out[f + 2, k] += np.int64(a2)
@@ -161,22 +182,21 @@ def _nan_run_sum(row, start, length):  # type: ignore[no-untyped-def]
 
 
 @_jit_reassoc
-def _run_sum4(r0, r1, r2, r3, start, length, zero):  # type: ignore[no-untyped-def]
-    """Sums of [start:start + length] of four rows in one pass, in the type of ``zero``
-    (uint32 for 8/16-bit integers: exact over CHUNK pixels; float64 for floats, where
-    ``reassoc`` lets LLVM reorder the additions into vector lanes)."""
+def _run_sum4(r0, r1, r2, r3, start, length):  # type: ignore[no-untyped-def]
+    """float64 sums of [start:start + length] of four rows in one pass (``reassoc``:
+    LLVM may reorder the additions into vector lanes)."""
     one = np.uint64(1)
     i = np.uint64(start)
     end = i + np.uint64(length)
-    a0 = zero
-    a1 = zero
-    a2 = zero
-    a3 = zero
+    a0 = 0.0
+    a1 = 0.0
+    a2 = 0.0
+    a3 = 0.0
     while i < end:
-        a0 += type(zero)(r0[i])
-        a1 += type(zero)(r1[i])
-        a2 += type(zero)(r2[i])
-        a3 += type(zero)(r3[i])
+        a0 += np.float64(r0[i])
+        a1 += np.float64(r1[i])
+        a2 += np.float64(r2[i])
+        a3 += np.float64(r3[i])
         i += one
     return a0, a1, a2, a3
 
@@ -193,7 +213,7 @@ def _float_sums(x, starts, lengths, region, sums, nans):  # type: ignore[no-unty
             s = starts[r]
             n = lengths[r]
             k = region[r]
-            a0, a1, a2, a3 = _run_sum4(r0, r1, r2, r3, s, n, 0.0)
+            a0, a1, a2, a3 = _run_sum4(r0, r1, r2, r3, s, n)
             if a0 != a0:  # NaN pixel (or inf - inf): nansum rules, count NaN
                 a0, c = _nan_run_sum(r0, s, n)
                 nans[f, k] += c
