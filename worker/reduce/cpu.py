@@ -11,7 +11,7 @@ A strategy is a way to visit a mask's pixels, named for what it does:
 
 Which one a mask gets is measured, not guessed (``choose``): on the first block of each
 dtype the candidates run on a few of its frames and the fastest is kept for the
-reducer's life. All give the same integers bit for bit; float sums may differ in the
+reducer's life, and for later reducers of the same mask in the process. All give the same integers bit for bit; float sums may differ in the
 last bits (another summation order). ``strategy=`` forces one.
 
 With only sum/mean/count asked, the loops add up sums and NaN counts; with min, max or
@@ -21,6 +21,7 @@ std too, they take all of them in the same single read (``moments``).
 from __future__ import annotations
 
 import functools
+import hashlib
 import time
 from collections.abc import Callable
 
@@ -33,8 +34,12 @@ from . import cpu_runs, cpu_scatter, moments
 #: min and max are updated, see ``cpu_scatter.scatter_moments``).
 STRATEGIES = ("runs", "scatter", "scatter-branchless")
 #: Frames of the first block that the strategies are timed on (each, best of ``_ROUNDS``).
-_SAMPLE_FRAMES = 2 * cpu_scatter.GROUP
-_ROUNDS = 3
+_SAMPLE_FRAMES = cpu_scatter.GROUP
+_ROUNDS = 2
+#: Strategies measured in this process: (mask digest, dtype, all moments) -> name. A
+#: worker reduces many jobs of one mask; each new reducer would otherwise pay for the
+#: measurement again (a few times its sample per candidate).
+_MEASURED: dict[tuple[bytes, np.dtype, bool], str] = {}
 
 
 def choose(
@@ -78,6 +83,7 @@ class CpuReducer:
         #: Forced strategy, else the one measured for each input dtype.
         self.strategy = strategy
         self.chosen: dict[np.dtype, str] = {}
+        self._digest = hashlib.blake2b(self.flat.tobytes(), digest_size=16).digest()
         self._runs: cpu_runs.Runs | None = None
         self._labels: np.ndarray | None = None
         self._csr: tuple[np.ndarray, np.ndarray] | None = None
@@ -135,9 +141,13 @@ class CpuReducer:
         x = self.native(frames)
         strategy = self.strategy or self.chosen.get(x.dtype)
         if strategy is None:
-            sample = x[:_SAMPLE_FRAMES]
-            candidates = STRATEGIES if self.all_moments else ("runs", "scatter")
-            strategy = choose({s: functools.partial(self.run, s, sample) for s in candidates})
+            key = (self._digest, x.dtype, self.all_moments)
+            strategy = _MEASURED.get(key)
+            if strategy is None:
+                sample = x[:_SAMPLE_FRAMES]
+                candidates = STRATEGIES if self.all_moments else ("runs", "scatter")
+                runs = {s: functools.partial(self.run, s, sample) for s in candidates}
+                strategy = _MEASURED[key] = choose(runs)
             self.chosen[x.dtype] = strategy
         return self.run(strategy, x)
 

@@ -33,17 +33,27 @@ def test_choose_picks_the_fastest_after_an_untimed_warm_up() -> None:
     assert calls == ["slow", "fast"] + ["slow", "fast"] * 3
 
 
-def test_the_choice_is_measured_once_per_dtype_and_kept() -> None:
+def test_the_choice_is_measured_once_per_mask_and_dtype(monkeypatch) -> None:
+    """Measured on a reducer's first block of each dtype, kept for later blocks and for
+    later reducers of the same mask and kind of statistics in the process."""
+    monkeypatch.setattr(cpu, "_MEASURED", {})
     mask = np.random.default_rng(0).integers(0, 50, (32, 48))
-    reducer = MaskedReducer(mask, ("sum", "mean"), "cpu")
-    impl = reducer._impl
-    assert isinstance(impl, cpu.CpuReducer)
     frames = np.random.default_rng(1).integers(0, 9, (20, 32, 48)).astype(np.uint16)
     with mock.patch.object(cpu, "choose", wraps=cpu.choose) as choose:
+        reducer = MaskedReducer(mask, ("sum", "mean"), "cpu")
         for _ in range(3):
             assert_matches(reducer.reduce(frames), frames, mask, ("sum", "mean"))
-        assert_matches(reducer.reduce(frames.astype(np.float32)), frames, mask, ("sum", "mean"))
-    assert choose.call_count == 2
+        as_float = frames.astype(np.float32)
+        assert_matches(reducer.reduce(as_float), as_float, mask, ("sum", "mean"))
+        assert choose.call_count == 2
+        again = MaskedReducer(mask, ("sum",), "cpu")  # same mask: no new measurement
+        assert_matches(again.reduce(frames), frames, mask, ("sum",))
+        assert choose.call_count == 2
+        every = MaskedReducer(mask, STATS, "cpu")  # min/max/std: other loops, measured
+        assert_matches(every.reduce(frames), frames, mask)
+        assert choose.call_count == 3
+    impl = reducer._impl
+    assert isinstance(impl, cpu.CpuReducer)
     assert set(impl.chosen) == {np.dtype(np.uint16), np.dtype(np.float32)}
     assert set(impl.chosen.values()) <= set(cpu.STRATEGIES)
 
