@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numba
 import numpy as np
@@ -43,7 +43,7 @@ _MEASURED: dict[tuple[bytes, np.dtype, bool], str] = {}
 
 
 def choose(
-    candidates: dict[str, Callable[[], object]],
+    candidates: Mapping[str, Callable[[], object]],
     clock: Callable[[], float] = time.thread_time,
     rounds: int = _ROUNDS,
 ) -> str:
