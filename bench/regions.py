@@ -10,7 +10,10 @@ processes (``bench.e2e``) kept warm. Each repetition runs, in a rotating order:
   K = 10,000 is 4x4-pixel bins) and either ``--stats sum`` or all six statistics;
 * the plain baseline: a pool of ``--workers`` processes (no queue, no Redis) that read
   their share of the frames with h5py (HDF5 decodes Bitshuffle) and sum each frame
-  with numpy ``bincount(labels, weights=frame)``, for the K = 1,000 mask, sum only.
+  with numpy ``bincount(labels, weights=frame)``, for the K = 1,000 mask, sum only;
+* "no queue": the worker's own read + reduce code in a pool of ``--workers`` processes
+  (``bench.baselines.NoQueue``), K = 16 sum and K = 1,000 all six: what the pipeline
+  costs without the queue, the chunk files and the output file.
 
 GB/s = uncompressed bytes / median wall time (the command from start to exit, output
 file complete). The sums of every run are checked against the baseline's.
@@ -31,7 +34,7 @@ from concurrent.futures import ProcessPoolExecutor
 import h5py
 import numpy as np
 
-from . import e2e
+from . import baselines, e2e
 from .data import DATASET, data_root, ensure_stack
 from .kernel import pixel_bins, rings
 
@@ -151,7 +154,23 @@ def main(argv: list[str] | None = None) -> int:
         output = os.path.join(scratch, f"{k}.h5")
         return lambda: submit(redis_url, workers, path, masks[k], stats, output)
 
+    def no_queue(k: int, stats: str) -> Callable[[], np.ndarray]:
+        from producer.submit import SubmitRequest, prepare
+
+        request = SubmitRequest(
+            inputs=(path,),
+            mask=masks[k],
+            output=os.path.join(scratch, f"nq-{k}.h5"),
+            stats=tuple(stats.split(",")),
+        )
+        spec = prepare(request, Settings.from_env({"REDIS_URL": redis_url})).spec
+        labels = np.load(masks[k])
+        return lambda: noqueue.run(spec, labels)[0]
+
+    noqueue = baselines.NoQueue(args.workers)
     runners = {name: case(k, stats) for name, k, stats in CASES}
+    runners["no queue, K=16 sum"] = no_queue(16, "sum")
+    runners["no queue, K=1000 all six"] = no_queue(1000, STATS)
     runners["bincount pool, K=1000 sum"] = lambda: pool.run(path, masks[1000], args.frames)
     times: dict[str, list[float]] = {name: [] for name in runners}
     cpu: dict[str, list[float]] = {name: [] for name in runners}
@@ -161,7 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         order = list(runners)
         for rep in range(args.reps + 1):  # the first round warms up (not counted)
             for name in order[rep % len(order) :] + order[: rep % len(order)]:
-                pids = pool.pids() if name.startswith("bincount") else workers.pids()
+                if name.startswith("bincount"):
+                    pids = pool.pids()
+                elif name.startswith("no queue"):
+                    pids = list(noqueue.pool._processes)  # type: ignore[attr-defined]
+                else:
+                    pids = workers.pids()
                 c0 = e2e.cpu_seconds(pids)
                 t0 = time.perf_counter()
                 sums[name] = runners[name]()
@@ -172,12 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         workers.stop(client)
         pool.close()
+        noqueue.close()
         client.close()
     load_end = os.getloadavg()
     reference = sums["bincount pool, K=1000 sum"]
     for name, got in sums.items():
         if name.startswith("K=1000 "):  # bincount sums uint16 in float64: exact < 2**53
             np.testing.assert_array_equal(got, reference, err_msg=name)
+    no_queue_sums = sums["no queue, K=1000 all six"]  # region 1 only (NoQueue's result)
+    np.testing.assert_array_equal(no_queue_sums, reference[:, 0], err_msg="no queue")
     gbps = {n: stack.nbytes / 1e9 / statistics.median(t) for n, t in times.items()}
     command = " ".join(["python -m bench.regions", *(argv if argv is not None else sys.argv[1:])])
     print(f"# {command}")
