@@ -131,7 +131,10 @@ class MaskedReducer:
                     f"got one on {frames.device}"
                 )
             shape: tuple[int, ...] = tuple(frames.shape)
-            dtype = torch.empty(0, dtype=frames.dtype).numpy().dtype
+            try:
+                dtype = torch.empty(0, dtype=frames.dtype).numpy().dtype
+            except TypeError as exc:  # bfloat16 and others numpy has no type for
+                raise ValueError(f"unsupported frame dtype {frames.dtype}") from exc
         else:
             frames = np.asarray(frames)
             shape, dtype = frames.shape, frames.dtype

@@ -51,6 +51,9 @@ def test_tensors_on_the_device_are_reduced_in_place(dtype: str) -> None:
     assert_matches(reducer.reduce(tensor), frames, mask)
     with pytest.raises(ValueError, match="shape"):
         reducer.reduce(tensor[:, :, :5])
+    for bad in (torch.bfloat16, torch.float16, torch.int64, torch.bool):
+        with pytest.raises(ValueError, match="dtype"):
+            reducer.reduce(torch.zeros((2, 12, 20), dtype=bad))
 
 
 # -- host buffers (zero-copy host path) ----------------------------------------------------
