@@ -61,7 +61,7 @@ def _share(
 
 def _warm(_: int) -> int:
     import worker.context  # noqa: F401
-    import worker.kernel  # noqa: F401  (torch)
+    import worker.reduce  # noqa: F401  (torch, numba)
 
     return os.getpid()
 

@@ -103,7 +103,7 @@ def kernel_and_copies(mask: np.ndarray, size: int, frames: int, reps: int) -> di
     """GB/s of: D2D copy, on-device kernel, pinned H2D copy, reduce() from host memory."""
     import torch
 
-    from worker.kernel import MaskedReducer
+    from worker.reduce import MaskedReducer
 
     dev = torch.device(DEVICE)
     host = detector_frames(frames, size, size, np.uint16, seed=7)
@@ -118,36 +118,32 @@ def kernel_and_copies(mask: np.ndarray, size: int, frames: int, reps: int) -> di
     out["h2d_pinned"] = nbytes / cuda_time(lambda: dst.copy_(pinned, non_blocking=True), reps) / 1e9
     reducer = MaskedReducer(mask, ("sum",), device=DEVICE)
     if DEVICE == "cpu":  # --dry-run: the device code path, run on the CPU
-        from worker import kernel
+        from worker.reduce.cuda import DeviceReducer
 
-        reducer._impl = kernel._DeviceReducer(mask.astype(np.int32), 1, ("sum",), dev)
+        reducer._impl = DeviceReducer(mask.astype(np.int32), 1, ("sum",), dev)
     impl = reducer._impl
     flat = src.view(frames, -1)
-    device_sums = getattr(impl, "_int_sums", None)
-    if device_sums is not None:
-        kind = ("u", 2)
+    group_sums = getattr(impl, "_group", None)
+    torch_path = getattr(getattr(impl, "torch", None), "int_sums", None)
+    if group_sums is not None and torch_path is not None:
         group = getattr(impl, "group", frames)
 
         def on_device() -> None:
             for lo in range(0, frames, group):
-                device_sums(flat[lo : lo + group], kind)
+                group_sums(flat[lo : lo + group])
 
         out["kernel"] = nbytes / cuda_time(on_device, reps) / 1e9
-        got = torch.cat(
-            [device_sums(flat[lo : lo + group], kind) for lo in range(0, frames, group)]
-        )
+        got = torch.cat([group_sums(flat[lo : lo + group])[0] for lo in range(0, frames, group)])
         want = reducer.reduce(host)["sum"]
-        np.testing.assert_array_equal(got.cpu().numpy().astype(np.float64), want)
-        # Which path that was: the fused Triton kernel where it passed its self-check.
-        out["fused"] = float(torch.uint16 in getattr(impl, "_fused_ok", ()))
-        gemm_sums = getattr(impl, "_gemm_int_sums", None)
-        if gemm_sums is not None:
+        np.testing.assert_array_equal(got.cpu().numpy(), want)
+        # Which path that was: the Triton sums kernel where it passed its self-check.
+        out["fused"] = float(("sums", torch.uint16) in getattr(impl, "checked", ()))
 
-            def gemm() -> None:
-                for lo in range(0, frames, group):
-                    gemm_sums(flat[lo : lo + group], kind)
+        def gemm() -> None:
+            for lo in range(0, frames, group):
+                torch_path(flat[lo : lo + group])
 
-            out["kernel_gemm"] = nbytes / cuda_time(gemm, reps) / 1e9
+        out["kernel_gemm"] = nbytes / cuda_time(gemm, reps) / 1e9
     else:
         out["kernel"] = float("nan")  # the kernel's device API changed: see the note
     # The worker's path: the reader reads each block (32 MiB, its default) into the

@@ -55,7 +55,7 @@ class JobContext:
     @property
     def reducer(self) -> Any:
         if self._reducer is None:
-            from .kernel import MaskedReducer  # torch is imported on first use only
+            from .reduce import MaskedReducer  # torch is imported on first use only
 
             self._reducer = MaskedReducer(self.labels, self.spec.stats, device=self.device)
         return self._reducer

@@ -45,7 +45,7 @@ def _device_label(settings: Settings) -> tuple[str, str]:
     """(device, label for heartbeats and outputs) of this process."""
     import torch
 
-    from .kernel import resolve_device
+    from .reduce import resolve_device
 
     device = resolve_device(NODE.get("device") or settings.device)
     if device.type == "cuda":

@@ -1,6 +1,6 @@
 """Errors of the reading package, caught inside it and turned into the job's chunk errors.
 
-The reader raises ``producer.errors`` chunk errors to its callers: a chunk refused here
+The reader raises ``framestats.errors`` chunk errors to its callers: a chunk refused here
 becomes a ``PermanentChunkError`` naming the chunk and its frames.
 """
 

@@ -224,14 +224,15 @@ def test_job_context_reads_into_the_reducers_buffers(tmp_path):
     # reducer runs the CUDA code path on the CPU (same buffers, not pinned).
     import torch
 
-    from worker import kernel
+    from worker.reduce import MaskedReducer
+    from worker.reduce.cuda import DeviceReducer
 
     reader = FrameReader(spec, block_bytes=3 * 24 * 40 * 2, prefetch=True)
     gpu = JobContext(spec=spec, labels=mask, reader=reader, device="cuda")
     assert reader.buffers is not None
     assert gpu.host_buffer(2, np.dtype(np.uint16)) is None  # no reducer yet
-    reducer = kernel.MaskedReducer(mask, ("sum",), device="cpu")
-    impl = kernel._DeviceReducer(mask.astype(np.int32), 1, ("sum",), torch.device("cpu"))
+    reducer = MaskedReducer(mask, ("sum",), device="cpu")
+    impl = DeviceReducer(mask.astype(np.int32), 1, ("sum",), torch.device("cpu"))
     reducer._impl = impl
     gpu._reducer = reducer
     sent = []
