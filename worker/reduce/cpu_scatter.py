@@ -151,6 +151,10 @@ def scatter_sums(
 #: Fields of a record, each GROUP wide: the ``moments`` layout's five fields.
 _FIELDS = 5
 _inline = numba.njit(cache=True, nogil=True, inline="always")
+#: Loops that take those functions as arguments are compiled in each process: numba cannot
+#: always write a signature holding a function to its cache ("underlying object has
+#: vanished" when a pool process compiles them).
+_jit_uncached = numba.njit(cache=False, nogil=True)
 
 
 @_inline
@@ -210,7 +214,7 @@ def _flush(rec, acc, f0):  # type: ignore[no-untyped-def]
                     acc[field, f0 + g, k - 1] = rec[k, field * GROUP + g]
 
 
-@_jit
+@_jit_uncached
 def _int_moments(x, lab, rec, acc, square, extremes):  # type: ignore[no-untyped-def]
     """Integers: sum (field 0), squares (``square``: fields 1-2), min and max
     (``extremes``: fields 3-4)."""
@@ -235,7 +239,7 @@ def _int_moments(x, lab, rec, acc, square, extremes):  # type: ignore[no-untyped
         _flush(rec, acc, f0)
 
 
-@_jit
+@_jit_uncached
 def _float_moments(x, lab, rec, shift, acc, extremes):  # type: ignore[no-untyped-def]
     """Floats: sums of d = x - shift and of d * d, count, min, max; NaN skipped.
     ``shift`` (K + 1, B) holds each frame's shift per label (row 0 unused)."""
