@@ -9,13 +9,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from .constants import DEFAULT_REDIS_URL
+from .redaction import redact_url
 
-_PASSWORD_IN_URL = re.compile(r"^(?P<scheme>[a-z+]+://)(?P<user>[^:@/]*):(?P<password>[^@/]*)@")
+__all__ = ["Settings", "parse_duration", "redact_url"]
+
+_DURATION = re.compile(r"\s*(?P<n>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[smhdw]?)\s*", re.I)
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by '***', for logs, status output and provenance."""
-    return _PASSWORD_IN_URL.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+def parse_duration(text: str) -> float:
+    """Seconds in ``90``, ``90s``, ``30m``, ``12h``, ``7d`` or ``2w``; ValueError otherwise."""
+    m = _DURATION.fullmatch(text)
+    if m is None:
+        raise ValueError(f"not a duration: {text!r} (examples: 90s, 30m, 12h, 7d)")
+    return float(m["n"]) * _UNIT_SECONDS[m["unit"].lower()]
 
 
 def _number(env: Mapping[str, str], name: str, default: float, kind: type = float) -> Any:
@@ -38,6 +45,18 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return float(_number(env, name, default, float))
 
 
+def _duration(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return round(parse_duration(raw))
+    except ValueError as exc:
+        raise ValueError(
+            f"{name} must be a duration (seconds, or 12h, 7d...), got {raw!r}"
+        ) from exc
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every tunable of the system, with its default.
@@ -47,7 +66,8 @@ class Settings:
     ``FRAMESTATS_VISIBILITY_TIMEOUT``, ``FRAMESTATS_MAX_DELIVERIES``,
     ``FRAMESTATS_MAX_RETRIES``, ``FRAMESTATS_RETRY_BACKOFF``, ``FRAMESTATS_HEARTBEAT``,
     ``FRAMESTATS_WORKER_TIMEOUT``, ``FRAMESTATS_FINALIZE_LOCK_TTL``, ``FRAMESTATS_DEVICE``,
-    ``FRAMESTATS_PREFETCH_MULTIPLIER``.
+    ``FRAMESTATS_PREFETCH_MULTIPLIER``, ``FRAMESTATS_MAX_REGIONS``,
+    ``FRAMESTATS_MAX_OUTPUT_GIB``, ``FRAMESTATS_JOB_TTL``.
     """
 
     #: Broker and job-state store; may carry a password (redis://:pw@host/0, rediss://).
@@ -85,12 +105,29 @@ class Settings:
     #: with one process per GPU); CI's only failures of the whole-node kill tests came
     #: with 2 (bench/RESULTS.md).
     prefetch_multiplier: int = 1
+    #: Most regions (the largest mask label) a job may have: each is a column of every
+    #: statistic. A stray label (one pixel labelled 2e9) would otherwise size the outputs.
+    max_regions: int = 65_535
+    #: Largest estimated output (frames x regions x statistics x 8 bytes, plus the largest
+    #: task's result) a submit accepts; ``FRAMESTATS_MAX_OUTPUT_GIB`` in GiB.
+    max_output_bytes: int = 256 * 2**30
+    #: Seconds a finished, failed or cancelled job keeps its Redis keys (``producer prune``
+    #: drops them sooner); 0 keeps them until pruned.
+    job_ttl: int = 7 * 86400
 
     def __post_init__(self) -> None:
         if self.prefetch_multiplier < 1:  # Celery reads 0 as "no limit"
             raise ValueError(
                 f"FRAMESTATS_PREFETCH_MULTIPLIER must be at least 1, got {self.prefetch_multiplier}"
             )
+        if not 1 <= self.max_regions <= 2**31 - 1:  # labels are stored as int32
+            raise ValueError(
+                f"FRAMESTATS_MAX_REGIONS must be between 1 and {2**31 - 1}, got {self.max_regions}"
+            )
+        if self.max_output_bytes <= 0:
+            raise ValueError("FRAMESTATS_MAX_OUTPUT_GIB must be positive")
+        if self.job_ttl < 0:
+            raise ValueError(f"FRAMESTATS_JOB_TTL must not be negative, got {self.job_ttl}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -114,6 +151,11 @@ class Settings:
             prefetch_multiplier=_int(
                 env, "FRAMESTATS_PREFETCH_MULTIPLIER", cls.prefetch_multiplier
             ),
+            max_regions=_int(env, "FRAMESTATS_MAX_REGIONS", cls.max_regions),
+            max_output_bytes=round(
+                _float(env, "FRAMESTATS_MAX_OUTPUT_GIB", cls.max_output_bytes / 2**30) * 2**30
+            ),
+            job_ttl=_duration(env, "FRAMESTATS_JOB_TTL", cls.job_ttl),
         )
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, connection, jobs
+from . import __version__, connection, jobs, limits
 from .chunkfile import write_atomic
 from .constants import CHUNKS_DIR, DEFAULT_QUEUE, DEFAULT_STATS, MASK_NAME, STATS
 from .errors import OptionError, OutputError
@@ -127,6 +127,7 @@ def prepare(request: SubmitRequest, settings: Settings) -> Prepared:
         request.invert,
         tuple(request.exclude),
         tuple((d.master, d.pixel_mask) for d in detectors if d.pixel_mask),
+        max_regions=settings.max_regions,
     )
     labels, n_regions = built.labels, built.n_regions
     saturated = [d for d in detectors if d.saturation is not None]
@@ -145,6 +146,13 @@ def prepare(request: SubmitRequest, settings: Settings) -> Prepared:
         sources[0].info.frame_bytes,
         settings.task_bytes,
         request.chunk_frames,
+    )
+    limits.check_output_size(  # FRAMESTATS_MAX_OUTPUT_GIB
+        sum(s.count for s in segments),
+        n_regions,
+        len(stats),
+        the_plan.boundaries,
+        settings.max_output_bytes,
     )
     job_id = uuid.uuid4().hex[:16]
     spec = JobSpec(
