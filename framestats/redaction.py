@@ -50,6 +50,20 @@ def _split(url: str) -> list[str]:
     return _NEXT_URL.split(url)
 
 
+def split_urls(url: str) -> list[str]:
+    """The URLs of kombu's ``;``-separated list (``sentinel://...;sentinel://...``)."""
+    return _split(url)
+
+
+def userinfo(one: str) -> tuple[str, str, str] | None:
+    """(``scheme://``, userinfo, the rest from its '@') of one URL; None without userinfo.
+
+    The userinfo ends at the URL's last '@' (see ``_userinfo_end``), so a raw password
+    holding '@', '/', ':' or '%' stays whole, where ``urllib`` would cut it at the '/'.
+    """
+    return _parts(one)
+
+
 def _parts(one: str) -> tuple[str, str, str] | None:
     """(scheme://, userinfo, rest after the '@'), or None for a URL without userinfo."""
     m = _SCHEME.match(one.lstrip())

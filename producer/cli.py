@@ -380,6 +380,12 @@ def main() -> None:
     # The producer does no linear algebra: one BLAS thread spares every command the start
     # and join of numpy's thread pool (with interpreter teardown, ~0.1 s; bench/RESULTS.md).
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    from framestats import redaction
+
+    try:  # nothing the commands print (errors, tracebacks) shows a password of REDIS_URL
+        redaction.install(settings().redis_url)
+    except ValueError:
+        pass  # a bad setting is reported by the command itself
     try:
         cli(prog_name="producer")
     except SystemExit as exc:

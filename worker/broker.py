@@ -13,6 +13,7 @@ from typing import Any
 
 from celery import Celery
 
+from framestats.connection import canonical_url
 from framestats.constants import DEFAULT_QUEUE
 from framestats.errors import ConfigError
 from framestats.settings import Settings
@@ -21,7 +22,9 @@ from framestats.settings import Settings
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings: JSON only, late acks, bounded prefetch, fast redelivery."""
     return {
-        "broker_url": settings.redis_url,
+        # Every form REDIS_URL takes (REDIS://, ?password=, a raw '/' in the password) as
+        # kombu reads it: the password the user meant, not a piece of it as a host name.
+        "broker_url": canonical_url(settings.redis_url),
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": 5,
         # visibility_timeout: a message taken by a worker that died is handed out again
