@@ -13,6 +13,7 @@ from typing import Any
 
 from . import constants as C
 from .messages import JobSpec, JobState
+from .settings import Settings
 
 #: A redis-py client (``framestats.connection.connect``: str replies).
 Client = Any
@@ -21,6 +22,9 @@ Client = Any
 _PUSH_BATCH = 10_000
 #: Seconds a finished job's wake-up event waits for a follower.
 _EVENTS_TTL = 3600
+#: Seconds a finished job keeps its keys when its hash does not say (``ttl`` field,
+#: FRAMESTATS_JOB_TTL at submit).
+DEFAULT_TTL = Settings.job_ttl
 
 
 def live_processes(
@@ -45,8 +49,18 @@ def live_processes(
     return count
 
 
-def create(client: Client, spec: JobSpec, pending: Iterable[int], done: Iterable[int] = ()) -> None:
-    """Write the job hash, its done set and its pending list (replacing any old state)."""
+def create(
+    client: Client,
+    spec: JobSpec,
+    pending: Iterable[int],
+    done: Iterable[int] = (),
+    ttl: int | None = None,
+) -> None:
+    """Write the job hash, its done set and its pending list (replacing any old state).
+
+    ``ttl``: seconds the job's keys are kept once it has finished (FRAMESTATS_JOB_TTL;
+    0: until pruned), recorded in the hash for ``finish``.
+    """
     now = time.time()
     done = list(done)
     fields: dict[str, Any] = {
@@ -74,6 +88,8 @@ def create(client: Client, spec: JobSpec, pending: Iterable[int], done: Iterable
         "bytes_done": 0,
         "chunks_failed": 0,
     }
+    if ttl is not None:
+        fields["ttl"] = int(ttl)
     if done:
         frames = sum(spec.boundaries[i + 1] - spec.boundaries[i] for i in done)
         fields["frames_done"] = frames
@@ -144,9 +160,21 @@ def _successor(got: str | None) -> list[int] | None:
     return [int(got)] if got else []
 
 
+_MARK_PUBLISHED = """
+local state = redis.call('hget', KEYS[1], 'state')
+if state == 'queued' or state == 'running' or state == 'finalizing' then
+  redis.call('hset', KEYS[2], ARGV[1], ARGV[2])
+end
+"""
+
+
 def successor_published(client: Client, job_id: str, index: int, successor: list[int]) -> None:
-    """Mark chunk ``index``'s successor as queued (``client`` may be the publishing MULTI)."""
-    client.hset(C.job_successors_key(job_id), str(index), "+" + ",".join(map(str, successor)))
+    """Mark chunk ``index``'s successor as queued (``client`` may be the publishing MULTI).
+
+    Not once the job has finished: its successors hash is gone and must stay so.
+    """
+    keys = (C.job_key(job_id), C.job_successors_key(job_id))
+    client.eval(_MARK_PUBLISHED, 2, *keys, str(index), "+" + ",".join(map(str, successor)))
 
 
 def get(client: Client, job_id: str) -> dict[str, str] | None:
@@ -166,6 +194,8 @@ def chunks_done(client: Client, job_id: str) -> int:
 _BEGIN_CHUNK = """
 local state = redis.call('hget', KEYS[1], 'state')
 if not state then return {false, 0} end
+-- a finished job's per-chunk hashes are gone: a late delivery must not bring one back
+if state == 'done' or state == 'failed' or state == 'cancelled' then return {state, 0} end
 local n = redis.call('hincrby', KEYS[2], ARGV[1], 1)
 if state == 'queued' then
   redis.call('hset', KEYS[1], 'state', 'running')
@@ -219,7 +249,14 @@ if redis.call('sadd', KEYS[2], ARGV[1]) == 1 then
 end
 local done = redis.call('scard', KEYS[2])
 local state = redis.call('hget', KEYS[1], 'state')
-if state ~= 'queued' and state ~= 'running' then return {done, false} end
+if state ~= 'queued' and state ~= 'running' then
+  local ttl = redis.call('pttl', KEYS[1])  -- a finished job's keys all expire with its hash
+  if ttl > 0 then
+    redis.call('pexpire', KEYS[2], ttl)
+    redis.call('pexpire', KEYS[3], ttl)
+  end
+  return {done, false}
+end
 return {done, successor(KEYS[5], KEYS[6], ARGV[1])}
 """
 )
@@ -260,17 +297,23 @@ def finish_chunk(
     return int(done), _successor(got)
 
 
+_RECORD_ERROR = """
+redis.call('lpush', KEYS[2], ARGV[1])
+redis.call('ltrim', KEYS[2], 0, 49)
+redis.call('hincrby', KEYS[3], 'chunk_errors', 1)
+local ttl = redis.call('pttl', KEYS[1])  -- an error after the job ended expires with it
+if ttl > 0 then redis.call('pexpire', KEYS[2], ttl) end
+"""
+
+
 def record_error(
     client: Client, job_id: str, index: int, frames: tuple[int, int], reason: str
 ) -> None:
     entry = json.dumps(
         {"chunk": index, "frames": list(frames), "reason": reason, "time": time.time()}
     )
-    pipe = client.pipeline(transaction=False)
-    pipe.lpush(C.job_errors_key(job_id), entry)
-    pipe.ltrim(C.job_errors_key(job_id), 0, 49)
-    pipe.hincrby(C.METRICS_KEY, "chunk_errors", 1)
-    pipe.execute()
+    keys = (C.job_key(job_id), C.job_errors_key(job_id), C.METRICS_KEY)
+    client.eval(_RECORD_ERROR, 3, *keys, entry)
 
 
 def errors(client: Client, job_id: str, limit: int = 10) -> list[dict[str, Any]]:
@@ -288,6 +331,8 @@ def finish(
 
     ``notify`` wakes ``--wait`` followers at once; a caller with work left to do first
     (the finalizer's cleanup) passes False and calls ``notify_finished`` after it.
+    The job's per-chunk hashes are dropped and its other keys expire after its ``ttl``
+    (``expire_finished``).
     """
     key = C.job_key(job_id)
     from redis import WatchError
@@ -296,7 +341,7 @@ def finish(
         while True:
             try:
                 pipe.watch(key)
-                raw = pipe.hget(key, "state")
+                raw, ttl = pipe.hmget(key, "state", "ttl")
                 if raw and JobState(raw).finished and JobState(raw) is not new_state:
                     pipe.unwatch()
                     return False
@@ -307,8 +352,7 @@ def finish(
                 if new_state is JobState.FAILED:
                     pipe.hincrby(key, "chunks_failed", 1)
                 pipe.hset(key, mapping=fields)
-                if new_state in (JobState.FAILED, JobState.CANCELLED):
-                    pipe.delete(C.job_pending_key(job_id))
+                expire_finished(pipe, job_id, _ttl(ttl))
                 if notify:
                     _notify(pipe, job_id, new_state)
                 pipe.srem(C.ACTIVE_JOBS, job_id)
@@ -318,9 +362,48 @@ def finish(
                 continue
 
 
+def _ttl(field: str | None) -> int:
+    try:
+        return int(field) if field is not None else DEFAULT_TTL
+    except ValueError:
+        return DEFAULT_TTL
+
+
+def chunk_keys(job_id: str) -> list[str]:
+    """The keys that track single chunks while a job runs, dropped as soon as it ends."""
+    return [
+        C.job_pending_key(job_id),
+        C.job_attempts_key(job_id),
+        C.job_successors_key(job_id),
+        C.job_missing_key(job_id),
+    ]
+
+
+def expire_finished(pipe: Any, job_id: str, ttl: int) -> None:
+    """Drop a finished job's per-chunk keys; its others expire in ``ttl`` s (0: kept)."""
+    pipe.delete(*chunk_keys(job_id))
+    if ttl > 0:
+        dropped = set(chunk_keys(job_id))
+        lock, events = C.job_finalize_lock_key(job_id), C.job_events_key(job_id)
+        for name in C.job_keys(job_id):
+            if name not in dropped and name not in (lock, events):  # these expire on their own
+                pipe.expire(name, ttl)
+
+
+#: Push the final state for ``--wait``; the list lasts _EVENTS_TTL, or less when the job's
+#: keys expire sooner.
+_NOTIFY = """
+redis.call('rpush', KEYS[2], ARGV[1])
+local keep = tonumber(ARGV[2])
+local ttl = redis.call('pttl', KEYS[1])
+if ttl > 0 and ttl < keep then keep = ttl end
+redis.call('pexpire', KEYS[2], keep)
+"""
+
+
 def _notify(pipe: Any, job_id: str, new_state: JobState) -> None:
-    pipe.rpush(C.job_events_key(job_id), new_state.value)
-    pipe.expire(C.job_events_key(job_id), _EVENTS_TTL)
+    keys = (C.job_key(job_id), C.job_events_key(job_id))
+    pipe.eval(_NOTIFY, 2, *keys, new_state.value, _EVENTS_TTL * 1000)
 
 
 def notify_finished(client: Client, job_id: str, new_state: JobState) -> None:

@@ -221,7 +221,7 @@ def enqueue(
     """Write the job's Redis state and publish the first window of tasks; returns tasks sent."""
     from .wire import publish_chunks  # Celery's message without importing Celery (~0.15 s)
 
-    jobs.create(client, spec, pending, done)
+    jobs.create(client, spec, pending, done, ttl=settings.job_ttl)
     window = jobs.pop_pending(client, spec.job_id, settings.window)
     return publish_chunks(client, spec, window)
 
