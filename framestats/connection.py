@@ -109,8 +109,12 @@ def _unix_url(url: str) -> str:
     return "unix://" + url.split("://", 1)[1]
 
 
-def connect(url: str, timeout: float = 5.0) -> redis.Redis:
-    """A redis-py client (str replies) that gives up within ``timeout`` s instead of hanging."""
+def connect(url: str, timeout: float = 5.0, retry: Any = None) -> redis.Redis:
+    """A redis-py client (str replies) that gives up within ``timeout`` s instead of hanging.
+
+    ``retry``: a redis-py retry policy in place of its default (the workers' waits out a
+    Redis refusing writes, ``worker.refusals``).
+    """
     import redis
 
     options: dict[str, Any] = {
@@ -119,6 +123,8 @@ def connect(url: str, timeout: float = 5.0) -> redis.Redis:
         "decode_responses": True,
         "health_check_interval": 30,
     }
+    if retry is not None:
+        options["retry"] = retry
     url = canonical_url(url)
     if is_sentinel(url):
         from redis.sentinel import Sentinel

@@ -25,7 +25,7 @@ from framestats.output import output_job_id
 from framestats.settings import Settings
 from framestats.wire import publish_chunks, publish_finalize
 
-from . import finalize
+from . import finalize, refusals
 from .app import app
 from .context import JobCache, load_spec
 from .heartbeat import Heartbeat
@@ -66,7 +66,7 @@ def runtime(node: str | None = None) -> Runtime:
             import torch
 
             torch.set_num_threads(int(os.environ.get("FRAMESTATS_TORCH_THREADS", "1")))
-        client = connection.connect(settings.redis_url)
+        client = connection.connect(settings.redis_url, retry=refusals.retry())
         hb = Heartbeat(
             client,
             node or os.environ.get("FRAMESTATS_NODE", "worker"),
@@ -117,6 +117,7 @@ def fail_job(rt: Runtime, task: ChunkTask, reason: str) -> None:
 
 
 @app.task(name=TASK_REDUCE, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+@refusals.ends_delivery  # Redis refusing writes for long: one log line, the chunk runs again
 def reduce_chunk(self: Task, payload: dict[str, Any]) -> str:
     try:
         task = ChunkTask.from_json(payload)
@@ -202,6 +203,7 @@ def reduce_chunk(self: Task, payload: dict[str, Any]) -> str:
 @app.task(
     name=TASK_FINALIZE, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None
 )
+@refusals.ends_delivery
 def finalize_job(self: Task, payload: dict[str, Any]) -> str:
     rt = runtime(self.request.hostname)
     job_id = str(payload.get("job_id", ""))
