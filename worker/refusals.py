@@ -48,7 +48,7 @@ _since: float | None = None
 
 
 def refused(exc: BaseException) -> str | None:
-    """"OOM", "MISCONF" or "READONLY" when ``exc`` is Redis refusing a write, else None."""
+    """The kind of refusal (OOM, MISCONF, READONLY) when ``exc`` is Redis refusing a write."""
     if isinstance(exc, OutOfMemoryError):
         return "OOM"
     if isinstance(exc, ReadOnlyError):
