@@ -331,7 +331,8 @@ def finish(
 
     ``notify`` wakes ``--wait`` followers at once; a caller with work left to do first
     (the finalizer's cleanup) passes False and calls ``notify_finished`` after it.
-    The job's per-chunk hashes are dropped and its other keys expire after its ``ttl``
+    The job's per-chunk hashes are dropped (the chunks delivered more than once are noted
+    in its hash: ``redelivered``) and its other keys expire after its ``ttl``
     (``expire_finished``).
     """
     key = C.job_key(job_id)
@@ -345,8 +346,11 @@ def finish(
                 if raw and JobState(raw).finished and JobState(raw) is not new_state:
                     pipe.unwatch()
                     return False
+                again = pipe.eval(_REDELIVERED, 1, C.job_attempts_key(job_id))
                 pipe.multi()
                 fields: dict[str, Any] = {"state": new_state.value, "finished": time.time()}
+                if again:  # what the dropped attempts hash showed worth keeping
+                    fields.update(_redelivered(again))
                 if reason:
                     fields["reason"] = reason
                 if new_state is JobState.FAILED:
@@ -360,6 +364,43 @@ def finish(
                 return True
             except WatchError:
                 continue
+
+
+#: Lua: the chunks delivered more than once (flat index, count pairs), from the attempts
+#: hash that ``finish`` drops.
+_REDELIVERED = """
+local out = {}
+local all = redis.call('hgetall', KEYS[1])
+for i = 1, #all, 2 do
+  if tonumber(all[i + 1]) > 1 then
+    out[#out + 1] = all[i]
+    out[#out + 1] = all[i + 1]
+  end
+end
+return out
+"""
+#: Most chunks listed in a finished job's ``redelivered`` field (the most delivered).
+_REDELIVERED_MAX = 100
+
+
+def _redelivered(flat: list[str]) -> dict[str, Any]:
+    """Job hash fields: how many chunks ran more than once, and the most delivered."""
+    counts = sorted(
+        ((int(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)),
+        key=lambda kv: (-kv[1], kv[0]),
+    )
+    return {
+        "chunks_redelivered": len(counts),
+        "redelivered": json.dumps(dict(counts[:_REDELIVERED_MAX])),
+    }
+
+
+def redelivered(data: dict[str, str]) -> dict[int, int]:
+    """Chunk index -> deliveries, of a finished job's chunks delivered more than once."""
+    try:
+        return {int(k): int(v) for k, v in json.loads(data.get("redelivered") or "{}").items()}
+    except (ValueError, AttributeError):
+        return {}
 
 
 def _ttl(field: str | None) -> int:

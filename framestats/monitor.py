@@ -95,6 +95,8 @@ def summarize_job(data: dict[str, str], chunks_done: int, now: float) -> dict[st
         "chunks_done": int(chunks_done),
         "chunks_failed": _i(data.get("chunks_failed")),
         "chunks_requeued": _i(data.get("requeued")),
+        #: Chunks delivered more than once (counted when the job ended).
+        "chunks_redelivered": _i(data.get("chunks_redelivered")),
         "frames_total": frames_total,
         "frames_done": frames_done,
         "bytes_done": _i(data.get("bytes_done")),
@@ -539,6 +541,11 @@ def render_job(d: dict[str, Any]) -> list[str]:
             + (
                 f", {d['chunks_requeued']} queued again (lost with a worker)"
                 if d.get("chunks_requeued")
+                else ""
+            )
+            + (
+                f", {d['chunks_redelivered']} delivered more than once"
+                if d.get("chunks_redelivered")
                 else ""
             ),
         ),

@@ -106,7 +106,10 @@ def test_a_late_chunk_brings_no_key_back(redis_client, tmp_path):
     )  # fmt: skip
     jobs.create(redis_client, spec, [1])
     assert jobs.begin_chunk(redis_client, job_id, 0)[0] is JobState.RUNNING
+    assert jobs.begin_chunk(redis_client, job_id, 0)[1] == 2  # delivered again
     assert jobs.finish(redis_client, job_id, JobState.CANCELLED, "cancelled by user")
+    # the attempts hash goes; what it showed worth keeping stays in the job's hash
+    assert jobs.redelivered(jobs.get(redis_client, job_id) or {}) == {0: 2}
     # what the workers still holding chunks 0 and 1 do next
     jobs.begin_chunk(redis_client, job_id, 1, ("fs:worker:late:1", f"{job_id}#1"), 5)
     jobs.finish_chunk(redis_client, job_id, 0, 4, 128, "late:1")
