@@ -67,7 +67,7 @@ class Settings:
     ``FRAMESTATS_MAX_RETRIES``, ``FRAMESTATS_RETRY_BACKOFF``, ``FRAMESTATS_HEARTBEAT``,
     ``FRAMESTATS_WORKER_TIMEOUT``, ``FRAMESTATS_FINALIZE_LOCK_TTL``, ``FRAMESTATS_DEVICE``,
     ``FRAMESTATS_PREFETCH_MULTIPLIER``, ``FRAMESTATS_MAX_REGIONS``,
-    ``FRAMESTATS_MAX_OUTPUT_GIB``, ``FRAMESTATS_JOB_TTL``.
+    ``FRAMESTATS_MAX_OUTPUT_GIB``, ``FRAMESTATS_JOB_TTL``, ``FRAMESTATS_REFUSED_WRITES_WAIT``.
     """
 
     #: Broker and job-state store; may carry a password (redis://:pw@host/0, rediss://).
@@ -114,6 +114,9 @@ class Settings:
     #: Seconds a finished, failed or cancelled job keeps its Redis keys (``producer prune``
     #: drops them sooner); 0 keeps them until pruned.
     job_ttl: int = 7 * 86400
+    #: Seconds a worker waits, in place, for a Redis that refuses writes (OOM, MISCONF,
+    #: READONLY) before it ends the chunk's delivery (the chunk runs again later).
+    refused_writes_wait: float = 60.0
 
     def __post_init__(self) -> None:
         if self.prefetch_multiplier < 1:  # Celery reads 0 as "no limit"
@@ -156,6 +159,9 @@ class Settings:
                 _float(env, "FRAMESTATS_MAX_OUTPUT_GIB", cls.max_output_bytes / 2**30) * 2**30
             ),
             job_ttl=_duration(env, "FRAMESTATS_JOB_TTL", cls.job_ttl),
+            refused_writes_wait=_float(
+                env, "FRAMESTATS_REFUSED_WRITES_WAIT", cls.refused_writes_wait
+            ),
         )
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

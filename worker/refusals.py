@@ -6,16 +6,18 @@ Redis answers a write with an error, not a broken connection, when it cannot tak
 (a replica, e.g. during a fail-over). Reads still work. Three places meet it:
 
 - The worker's own client (tasks, heartbeat, sweep): ``retry()`` makes each refused
-  command, script or transaction wait and try again in place, for up to ``WAIT_S``,
-  as redis-py already does for a lost connection. Every Redis step of a task is atomic
-  (one script or one MULTI), so a refused step did nothing and doing it again is
-  exact; a WATCHed transaction gets a WatchError instead, so its caller reads again.
+  command, script or transaction wait and try again in place, for up to ``WAIT_S``
+  (``FRAMESTATS_REFUSED_WRITES_WAIT``), as redis-py already does for a lost connection.
+  Each Redis step of a task is one script or one MULTI, so a refused step did nothing
+  and doing it again is exact (what rides along a chunk's commit, its heartbeat and
+  latency metric, is harmless to repeat); a WATCHed transaction gets a WatchError
+  instead, so its caller reads again.
   One log line names the reason when the wait begins, one when writes resume.
 - A task whose wait runs out: ``ends_delivery`` ends that delivery with one log line
-  instead of a traceback. Its message is then acknowledged or, if that is refused too,
-  left in kombu's ``unacked`` hash: kombu hands it out again after the visibility
-  timeout, or the lost-message sweep (``worker.recovery``) queues the chunk again.
-  Nothing is lost; a chunk computed twice is committed once.
+  instead of a traceback. Its message is acknowledged (when Redis takes writes again,
+  ``worker.transport``), and the lost-message sweep (``worker.recovery``) finds its
+  chunk nowhere and queues it again. Nothing is lost; a chunk computed twice is
+  committed once.
 - kombu's own writes (recording, acknowledging and restoring messages): see
   ``worker.transport``, which uses ``refused`` to tell these errors apart.
 """
@@ -35,7 +37,8 @@ from redis.retry import Retry
 
 log = logging.getLogger("framestats.worker")
 
-#: Seconds a worker waits for Redis to take writes again before it gives up a delivery.
+#: Seconds a worker waits for Redis to take writes again before it gives up a delivery
+#: (``FRAMESTATS_REFUSED_WRITES_WAIT``).
 WAIT_S = 60.0
 #: Error codes by which Redis refuses a write it cannot take now.
 KINDS = ("OOM", "MISCONF", "READONLY")
@@ -91,7 +94,7 @@ class WaitOutRefusals(Retry):
                     tries += 1
                     if tries == 1:
                         began = time.monotonic()
-                        _began(exc)
+                        _began(exc, self.seconds)
                     elif time.monotonic() - began > self.seconds:
                         raise
                     time.sleep(self.pause.compute(tries))
@@ -102,7 +105,7 @@ class WaitOutRefusals(Retry):
                 _ended()
 
 
-def _began(exc: BaseException) -> None:
+def _began(exc: BaseException, seconds: float) -> None:
     """One line when the first of this process's calls meets a refusal."""
     global _waiting, _since
     with _lock:
@@ -112,7 +115,7 @@ def _began(exc: BaseException) -> None:
             log.warning(
                 "Redis refused a write (%s); waiting up to %.0f s for it to take writes again",
                 describe(exc),
-                WAIT_S,
+                seconds,
             )
 
 
@@ -144,10 +147,9 @@ def ends_delivery(task: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             what = f"{payload.get('job_id', '?')}#{payload.get('index', 'finalize')}"
             log.error(
-                "%s: Redis refused a write for %.0f s (%s); this delivery ends, the chunk is "
-                "queued again once Redis takes writes",
+                "%s: Redis still refused writes after FRAMESTATS_REFUSED_WRITES_WAIT (%s); "
+                "this delivery ends, the chunk runs again once Redis takes writes",
                 what,
-                WAIT_S,
                 describe(exc),
             )
             return "redis-refused"

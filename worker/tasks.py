@@ -66,7 +66,9 @@ def runtime(node: str | None = None) -> Runtime:
             import torch
 
             torch.set_num_threads(int(os.environ.get("FRAMESTATS_TORCH_THREADS", "1")))
-        client = connection.connect(settings.redis_url, retry=refusals.retry())
+        client = connection.connect(
+            settings.redis_url, retry=refusals.retry(settings.refused_writes_wait)
+        )
         hb = Heartbeat(
             client,
             node or os.environ.get("FRAMESTATS_NODE", "worker"),

@@ -122,3 +122,37 @@ def test_workers_survive_redis_refusing_writes_and_lose_nothing(
             if any(s in line for s in ("maxmemory", "MISCONF", "read only replica"))
         ]
         assert all("Redis refused a write" in line for line in raw), raw
+
+
+def test_a_refusal_longer_than_the_wait_loses_nothing(
+    fault_redis, fault_client, fault_data, submit_job, queue, worker_env, tmp_path
+):
+    """With FRAMESTATS_REFUSED_WRITES_WAIT=1 and Redis out of memory for 6 s, tasks give
+    up their deliveries (one line each) while the worker keeps taking messages it cannot
+    record; once Redis takes writes the lost-message sweep queues those chunks again and
+    the job completes, every frame counted once, output equal to numpy's."""
+    env = {**worker_env, "FRAMESTATS_REFUSED_WRITES_WAIT": "1"}
+    busy = start_worker(fault_redis.url(), str(tmp_path), queue, concurrency=2, env=env)
+    try:
+        busy.wait_ready(fault_client, processes=2)
+        job = submit_job(None, "--chunk-frames", "64")
+        wait_until(lambda: len(job.committed()) >= 2, 60, "chunks flowing")
+        refuse(fault_client, "oom", fault_redis.folder)
+        try:
+            wait_until(lambda: "this delivery ends" in full_log(busy), 30, "a delivery given up")
+            time.sleep(REFUSAL_S)
+        finally:
+            restore(fault_client, fault_redis.folder)
+        state = job.wait(timeout=180)
+        assert state["state"] == "done", state
+        assert busy.proc.poll() is None, busy.log()
+    finally:
+        restore(fault_client, fault_redis.folder)
+        busy.stop()
+    assert int(state["frames_done"]) == N_FRAMES, state
+    assert int(state.get("requeued", 0)) >= 1, state  # the sweep found the given-up chunks
+    check_against_numpy(job.output, fault_data.data, fault_data.mask)
+    log = full_log(busy)
+    assert "Traceback" not in log, log[-4000:]
+    ended = [line for line in log.splitlines() if "this delivery ends" in line]
+    assert all("FRAMESTATS_REFUSED_WRITES_WAIT (OOM" in line for line in ended), ended
