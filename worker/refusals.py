@@ -43,11 +43,12 @@ WAIT_S = 60.0
 #: Error codes by which Redis refuses a write it cannot take now.
 KINDS = ("OOM", "MISCONF", "READONLY")
 
-#: This process's calls waiting for Redis to take writes, and since when (state outside
-#: the Retry object: redis-py deep-copies that for every connection).
+#: This process's calls waiting for Redis to take writes, since when, and for what
+#: (state outside the Retry object: redis-py deep-copies that for every connection).
 _lock = threading.Lock()
 _waiting = 0
 _since: float | None = None
+_kind: str | None = None
 
 
 def refused(exc: BaseException) -> str | None:
@@ -94,9 +95,10 @@ class WaitOutRefusals(Retry):
                     tries += 1
                     if tries == 1:
                         began = time.monotonic()
-                        _began(exc, self.seconds)
+                        _began()
                     elif time.monotonic() - began > self.seconds:
                         raise
+                    _note(exc, self.seconds)
                     time.sleep(self.pause.compute(tries))
                     # A WATCHed transaction raises WatchError here: its caller reads again.
                     fail(exc, tries) if with_count else fail(exc)
@@ -105,28 +107,38 @@ class WaitOutRefusals(Retry):
                 _ended()
 
 
-def _began(exc: BaseException, seconds: float) -> None:
-    """One line when the first of this process's calls meets a refusal."""
-    global _waiting, _since
+def _began() -> None:
+    global _waiting
     with _lock:
         _waiting += 1
+
+
+def _note(exc: BaseException, seconds: float) -> None:
+    """One line when this process first meets a refusal, or a refusal of another kind."""
+    global _since, _kind
+    kind = refused(exc)
+    with _lock:
+        if _since is not None and kind == _kind:
+            return
         if _since is None:
             _since = time.monotonic()
-            log.warning(
-                "Redis refused a write (%s); waiting up to %.0f s for it to take writes again",
-                describe(exc),
-                seconds,
-            )
+        _kind = kind
+    log.warning(
+        "Redis refused a write (%s); waiting up to %.0f s for it to take writes again",
+        describe(exc),
+        seconds,
+    )
 
 
 def _ended() -> None:
     """One line when the last waiting call is through."""
-    global _waiting, _since
+    global _waiting, _since, _kind
     with _lock:
         _waiting -= 1
-        if _waiting == 0 and _since is not None:
-            log.warning("Redis takes writes again (after %.1f s)", time.monotonic() - _since)
-            _since = None
+        if _waiting > 0 or _since is None:
+            return
+        waited, _since, _kind = time.monotonic() - _since, None, None
+    log.warning("Redis takes writes again (after %.1f s)", waited)
 
 
 def retry(seconds: float = WAIT_S) -> WaitOutRefusals:

@@ -57,18 +57,20 @@ class QoS(kombu_redis.QoS):
         super().__init__(*args, **kwargs)
         #: Delivery tags whose acknowledgement Redis refused: sent with the next one.
         self._ack_later: set[str] = set()
-        self._refusing = False
+        #: The kind of refusal last logged (one line per episode and kind).
+        self._refusing: str | None = None
 
     def _refused(self, exc: redis.ResponseError, what: str) -> None:
-        if refused(exc) is None:
+        kind = refused(exc)
+        if kind is None:
             raise exc
-        if not self._refusing:  # one line per episode
-            self._refusing = True
+        if kind != self._refusing:
+            self._refusing = kind
             log.warning("Redis refused a write (%s): %s", describe(exc), what)
 
     def _took(self) -> None:
         """Redis took a write: send the acknowledgements it refused before."""
-        self._refusing = False
+        self._refusing = None
         if self._ack_later:
             tags, self._ack_later = self._ack_later, set()
             try:
