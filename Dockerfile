@@ -95,6 +95,7 @@ RUN set -eux; \
 
 # The code. README.md* is optional (pyproject names it as the long description).
 COPY pyproject.toml README.md* /tmp/src/
+COPY framestats /tmp/src/framestats
 COPY producer /tmp/src/producer
 COPY worker /tmp/src/worker
 RUN set -eux; \

@@ -43,10 +43,10 @@ def _share(
     """One process's share: chunks [lo, hi) of the job, computed like a worker does."""
     from framestats.messages import JobSpec
     from worker.context import JobContext
-    from worker.reader import FrameReader
+    from worker.read import FrameReader
 
     spec = JobSpec.from_json(spec_json)
-    reader = FrameReader.for_device(spec, (), device)
+    reader = FrameReader.for_device(spec, device=device)
     ctx = JobContext(spec=spec, labels=labels, reader=reader, device=device)
     try:
         start, stop = spec.boundaries[lo], spec.boundaries[hi]
@@ -61,7 +61,7 @@ def _share(
 
 def _warm(_: int) -> int:
     import worker.context  # noqa: F401
-    import worker.kernel  # noqa: F401  (torch)
+    import worker.reduce  # noqa: F401  (torch, numba)
 
     return os.getpid()
 

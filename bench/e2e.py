@@ -185,7 +185,13 @@ def plan_publish(redis_url: str, frames: int, folder: str) -> dict[str, float]:
     """
     from framestats import connection
     from framestats.settings import Settings
-    from framestats.submit import SubmitRequest, enqueue, prepare, write_workdir
+    from framestats.submission import (
+        SubmitRequest,
+        enqueue,
+        prepare,
+        replace_workdir,
+        write_workdir,
+    )
 
     path = os.path.join(folder, f"tiny-{frames}.h5")
     mask = os.path.join(folder, "tiny-mask.npy")
@@ -205,7 +211,8 @@ def plan_publish(redis_url: str, frames: int, folder: str) -> dict[str, float]:
     t0 = time.perf_counter()
     prepared = prepare(request, settings)
     t1 = time.perf_counter()
-    write_workdir(prepared.spec, prepared.labels, replace=True)
+    replace_workdir(client, settings, prepared.spec)
+    write_workdir(prepared.spec, prepared.labels)
     t2 = time.perf_counter()
     enqueue(prepared.spec, settings, client, range(prepared.spec.n_chunks))
     t3 = time.perf_counter()

@@ -1,28 +1,40 @@
-"""Committed chunk results and the job's output file (numpy + h5py; no torch).
+"""Committed chunk results: one small file per chunk in the job folder's ``chunks/``.
 
-A chunk's result is one small file in the job folder beside the output, written under a
-temporary name, fsynced and renamed: a crash leaves either no file or a whole one, and a
-duplicate delivery rewrites the same bytes. Its layout (``CHUNK_MAGIC``, one line of
-JSON, then the statistics as raw little-endian float64) reads in ~0.02 ms; the ``.npz``
-it replaced took ~0.23 ms (zip directory, one ``.npy`` header parsed per array), which
-made finalize cost 1.8 s for a 1 TiB job of 8,000 chunks. Chunks an earlier version
-committed as ``.npz`` are still counted and read, so a job survives an upgrade.
+A chunk's file is written under a temporary name, fsynced and renamed (``JobFolder``): a
+crash leaves no file or a whole one, and a duplicate delivery rewrites the same bytes.
+Each file says whose it is (job id, chunk index, frame range, region count, statistics)
+and carries a checksum of its values, so a reader takes only what its job committed:
+a file another job, an earlier version or a broken disk left is refused with the reason
+(``ChunkFileInvalid``) and the chunk is computed again.
 
-Finalize reads them all, writes the output under a temporary name, fsyncs and renames
-it into place: the output path never holds a partial file.
+Layout: ``CHUNK_MAGIC``, one line of JSON (the header), then each statistic in the order
+the header names them, ``(frames, regions)`` float64 values, little-endian, C order.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from .jobdir import JobFolder
 
-from .constants import CHUNKS_DIR
-from .paths import CHUNK_SUFFIX, LEGACY_CHUNK_SUFFIX, chunk_index, chunk_path
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .messages import JobSpec
+
+#: First bytes of a committed chunk file (version 2: with job id and checksum).
+CHUNK_MAGIC = b"framestats chunk 2\n"
+#: The committed result files' ending.
+CHUNK_SUFFIX = ".chunk"
+#: Longest header read to check a file's owner without reading its values.
+_HEADER_LIMIT = 1 << 16
+
+
+class ChunkFileInvalid(ValueError):
+    """Raised when a chunk file is not a whole result of the expected job and chunk."""
 
 
 @dataclass(frozen=True)
@@ -34,118 +46,114 @@ class ChunkResult:
     meta: dict[str, Any]
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def chunk_name(index: int) -> str:
+    """File name of chunk ``index``'s committed result in the chunks folder."""
+    return f"{index:08d}{CHUNK_SUFFIX}"
 
 
-def write_atomic(path: str, write: Any, tmp_dir: str | None = None) -> None:
-    """Call ``write(tmp_path)``, fsync the temporary file, rename it to ``path``.
-
-    ``tmp_dir`` (same file system as ``path``) holds the temporary file, so one left by
-    a process killed mid-write is removed with that folder instead of lying beside
-    ``path``.
-    """
-    name = f"{os.path.basename(path)}.tmp-{os.getpid()}"
-    tmp = os.path.join(tmp_dir, name) if tmp_dir else f"{path}.tmp-{os.getpid()}"
-    try:
-        write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(os.path.dirname(path) or ".")
+def chunk_index(name: str) -> int | None:
+    """The chunk index a file name in the chunks folder commits, or None."""
+    stem = name[: -len(CHUNK_SUFFIX)]
+    if name.endswith(CHUNK_SUFFIX) and stem.isdigit():
+        return int(stem)
+    return None
 
 
-#: First bytes of a committed chunk file; the JSON line after it names what follows.
-CHUNK_MAGIC = b"framestats chunk 1\n"
+def encode(job_id: str, n_regions: int, result: ChunkResult) -> bytes:
+    """The bytes of one chunk file."""
+    import numpy as np
 
-
-def write_chunk(workdir: str, result: ChunkResult) -> str:
-    """Commit one chunk's statistics; returns the committed path.
-
-    The file: ``CHUNK_MAGIC``, a JSON line ``{"range", "stats", "shape", "meta"}``, then
-    each statistic in the order ``stats`` names, ``shape`` = (frames, regions) float64
-    values, little-endian, C order.
-    """
-    path = chunk_path(workdir, result.index)
     names = list(result.stats)
     arrays = [np.ascontiguousarray(result.stats[k], dtype="<f8") for k in names]
-    shape = arrays[0].shape if arrays else (result.stop - result.start, 0)
-    if any(a.shape != shape or a.ndim != 2 for a in arrays):
-        raise ValueError(f"chunk {result.index}: statistics differ in shape")
+    shape = (result.stop - result.start, n_regions)
+    if any(a.shape != shape for a in arrays):
+        raise ValueError(f"chunk {result.index}: statistics are not {shape}")
+    body = b"".join(a.tobytes() for a in arrays)
     head = {
+        "job": job_id,
+        "index": result.index,
         "range": [result.start, result.stop],
+        "regions": n_regions,
         "stats": names,
-        "shape": list(shape),
+        "crc32": zlib.crc32(body),
         "meta": result.meta,
     }
-    header = CHUNK_MAGIC + json.dumps(head, sort_keys=True).encode() + b"\n"
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            fh.write(header)
-            for a in arrays:
-                fh.write(a.data)
-
-    write_atomic(path, write)
-    return path
+    return CHUNK_MAGIC + json.dumps(head, sort_keys=True).encode() + b"\n" + body
 
 
-def _read_legacy(workdir: str, index: int) -> ChunkResult:
-    """A chunk an earlier version committed (``.npz``: stat_<name>, range, meta)."""
-    with np.load(chunk_path(workdir, index, LEGACY_CHUNK_SUFFIX), allow_pickle=False) as data:
-        start, stop = (int(x) for x in data["range"])
-        stats = {k[5:]: data[k] for k in data.files if k.startswith("stat_")}
-        meta = json.loads(bytes(data["meta"]).decode())
-    return ChunkResult(index=index, start=start, stop=stop, stats=stats, meta=meta)
+def write_chunk(folder: JobFolder, spec: JobSpec, result: ChunkResult) -> None:
+    """Commit one chunk's statistics for ``spec``'s job."""
+    folder.write_bytes(chunk_name(result.index), encode(spec.job_id, spec.n_regions, result), True)
 
 
-def read_chunk(workdir: str, index: int) -> ChunkResult:
-    path = chunk_path(workdir, index)
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except FileNotFoundError:
-        if os.path.exists(chunk_path(workdir, index, LEGACY_CHUNK_SUFFIX)):
-            return _read_legacy(workdir, index)
-        raise
+def _header(raw: bytes, where: str) -> tuple[dict[str, Any], int]:
     end = raw.find(b"\n", len(CHUNK_MAGIC))
     if not raw.startswith(CHUNK_MAGIC) or end < 0:
-        raise ValueError(f"{path} is not a framestats chunk result")
-    head = json.loads(raw[len(CHUNK_MAGIC) : end])
+        raise ChunkFileInvalid(f"{where} is not a framestats chunk file of this version")
+    try:
+        head = json.loads(raw[len(CHUNK_MAGIC) : end])
+    except ValueError as exc:
+        raise ChunkFileInvalid(f"{where} has a damaged header") from exc
+    if not isinstance(head, dict):
+        raise ChunkFileInvalid(f"{where} has a damaged header")
+    return head, end + 1
+
+
+def _check_owner(head: dict[str, Any], spec: JobSpec, index: int, where: str) -> None:
+    expected = {
+        "job": spec.job_id,
+        "index": index,
+        "range": [spec.boundaries[index], spec.boundaries[index + 1]],
+        "regions": spec.n_regions,
+    }
+    for key, value in expected.items():
+        if head.get(key) != value:
+            raise ChunkFileInvalid(f"{where} has {key} {head.get(key)!r}, expected {value!r}")
+    missing = set(spec.stats) - set(head.get("stats") or ())
+    if missing:
+        raise ChunkFileInvalid(f"{where} lacks {', '.join(sorted(missing))}")
+
+
+def is_committed(folder: JobFolder, spec: JobSpec, index: int) -> bool:
+    """Whether chunk ``index`` has a file of this job (header checked, values not read)."""
+    name = chunk_name(index)
+    try:
+        raw = folder.read(name, in_chunks=True, limit=_HEADER_LIMIT)
+        _check_owner(_header(raw, name)[0], spec, index, name)
+    except (FileNotFoundError, ChunkFileInvalid):
+        return False
+    return True
+
+
+def read_chunk(folder: JobFolder, spec: JobSpec, index: int) -> ChunkResult:
+    """Chunk ``index``'s statistics; ChunkFileInvalid when the file is not a whole result
+    of this job's chunk (another job's, truncated, corrupt); FileNotFoundError if absent."""
+    import numpy as np
+
+    name = chunk_name(index)
+    raw = folder.read(name, in_chunks=True)
+    head, at = _header(raw, name)
+    _check_owner(head, spec, index, name)
     names = list(head["stats"])
-    frames, regions = (int(n) for n in head["shape"])
-    body = np.frombuffer(raw, dtype="<f8", offset=end + 1)
-    if body.size != len(names) * frames * regions:
-        raise ValueError(f"{path} holds {body.size} values, its header says otherwise")
-    values = body.reshape(len(names), frames, regions).astype(np.float64)  # aligned, native
-    start, stop = (int(x) for x in head["range"])
-    stats = {name: values[i] for i, name in enumerate(names)}
+    frames = spec.boundaries[index + 1] - spec.boundaries[index]
+    body = memoryview(raw)[at:]
+    if len(body) != 8 * len(names) * frames * spec.n_regions:
+        raise ChunkFileInvalid(f"{name} holds {len(body)} bytes of values, expected others")
+    if zlib.crc32(body) != head.get("crc32"):
+        raise ChunkFileInvalid(f"{name}: checksum mismatch (the file is damaged)")
+    values = np.frombuffer(body, dtype="<f8").reshape(len(names), frames, spec.n_regions)
+    stats = {n: values[i].astype(np.float64) for i, n in enumerate(names)}
+    start, stop = spec.boundaries[index], spec.boundaries[index + 1]
     return ChunkResult(index=index, start=start, stop=stop, stats=stats, meta=head["meta"])
 
 
-def committed(workdir: str) -> set[int]:
-    """Indices of the chunks whose result file is in place."""
-    folder = os.path.join(workdir, CHUNKS_DIR)
+def committed(folder: JobFolder, spec: JobSpec | None = None) -> set[int]:
+    """Indices of the chunks with a file in place (with ``spec``: a file of this job)."""
     try:
-        names = os.listdir(folder)
+        names = folder.chunk_names()
     except FileNotFoundError:
         return set()
-    return {i for i in map(chunk_index, names) if i is not None}
-
-
-def is_committed(workdir: str, index: int) -> bool:
-    return any(
-        os.path.exists(chunk_path(workdir, index, suffix))
-        for suffix in (CHUNK_SUFFIX, LEGACY_CHUNK_SUFFIX)
-    )
+    found = {i for i in map(chunk_index, names) if i is not None}
+    if spec is None:
+        return found
+    return {i for i in found if i < spec.n_chunks and is_committed(folder, spec, i)}

@@ -1,6 +1,7 @@
 """The one Redis client: redis-py, for every command and every worker.
 
-Imported only by what talks to Redis (redis-py's import is ~0.1 s). ``connect`` takes
+Imported only by what talks to Redis (redis-py's import is a noticeable part of a
+command's start). ``connect`` takes
 every URL form the workers' broker (kombu) takes, so one ``REDIS_URL`` serves both:
 ``redis://``, ``rediss://`` (TLS, ``?ssl_cert_reqs=`` and friends), ``unix://`` and
 ``redis+socket://`` (a unix socket), and ``sentinel://`` (a Redis that Sentinel fails
@@ -12,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from .errors import BrokerUnavailable, ConfigError
 from .redaction import split_urls, userinfo
@@ -26,13 +27,15 @@ class SentinelURL:
     """``sentinel://[:PASSWORD@]HOST:PORT[;sentinel://HOST:PORT...][/DB]?master_name=NAME``.
 
     kombu's form (sentinels separated by ';'), with the master's name in the query, as
-    the workers' broker reads it too (``worker.broker``).
+    the workers' broker reads it too (``worker.broker``). PASSWORD is the master's;
+    ``&sentinel_password=`` the sentinels' own, when they require one.
     """
 
     sentinels: tuple[tuple[str, int], ...]
     master_name: str
     db: int
     password: str | None
+    sentinel_password: str | None
     options: dict[str, str]
 
 
@@ -101,12 +104,17 @@ def sentinel_parts(url: str) -> SentinelURL:
     name = query.pop("master_name", "")
     if not name:
         raise ConfigError("REDIS_URL: a sentinel:// URL needs ?master_name=NAME")
-    return SentinelURL(tuple(sentinels), name, db, password, query)
+    own = query.pop("sentinel_password", None)
+    return SentinelURL(tuple(sentinels), name, db, password, own, query)
 
 
-def _unix_url(url: str) -> str:
-    """kombu's ``redis+socket:///path`` as redis-py's ``unix:///path``."""
-    return "unix://" + url.split("://", 1)[1]
+def unix_url(url: str, scheme: str, db_key: str) -> str:
+    """A unix-socket URL in the other library's spelling: redis-py's ``unix:///path?db=N``
+    and kombu's ``redis+socket:///path?virtual_host=N``."""
+    parts = urlsplit(url)
+    query = [(db_key if k in ("db", "virtual_host") else k, v) for k, v in parse_qsl(parts.query)]
+    tail = f"?{urlencode(query)}" if query else ""
+    return f"{scheme}://{parts.netloc}{parts.path}{tail}"
 
 
 def connect(url: str, timeout: float = 5.0, retry: Any = None) -> redis.Redis:
@@ -133,13 +141,13 @@ def connect(url: str, timeout: float = 5.0, retry: Any = None) -> redis.Redis:
         sentinel = Sentinel(
             list(parts.sentinels),
             socket_timeout=timeout,
-            sentinel_kwargs={"password": parts.password, "socket_timeout": timeout},
+            sentinel_kwargs={"password": parts.sentinel_password, "socket_timeout": timeout},
         )
         return sentinel.master_for(
             parts.master_name, db=parts.db, password=parts.password, **options
         )
     if url.lower().startswith("redis+socket://"):
-        url = _unix_url(url)
+        url = unix_url(url, "unix", "db")
     return redis.Redis.from_url(url, **options)
 
 

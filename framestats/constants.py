@@ -41,6 +41,9 @@ WORKDIR_SUFFIX = ".parts"
 #: File names inside the job folder.
 MANIFEST_NAME = "manifest.json"
 MASK_NAME = "mask.npy"
+#: Masks passed as arrays (the Python API), kept in the job folder as they were given:
+#: ``mask-regions.npy``, ``mask-exclude-1.npy``, ...
+ARRAY_MASK_NAME = "mask-{role}.npy"
 CHUNKS_DIR = "chunks"
 
 

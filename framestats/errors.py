@@ -57,6 +57,51 @@ class JobNotFound(UserError):
     """Raised when a job id or output path names no known job."""
 
 
+class JobStateError(UserError):
+    """Raised when a job's state forbids the request (resuming a job that still runs)."""
+
+
+class JobFolderError(FramestatsError):
+    """Raised when a job folder or a file in it is not what it must be (a link, a FIFO,
+    missing, outside DATA_ROOT); fails the job in a worker, exit code 2 in the CLI."""
+
+    exit_code = 2
+
+
+class StatisticNotFound(UserError, KeyError):
+    """Raised when an output file holds no such statistic (a KeyError too, as a mapping's is)."""
+
+    # KeyError's str() quotes its argument; this is a one-line message like the others.
+    __str__ = Exception.__str__
+
+
+class JobFailed(FramestatsError):
+    """Raised by ``Job.wait`` and ``Job.result`` when the job failed; ``reason`` says why."""
+
+    def __init__(self, job_id: str, state: str, reason: str | None) -> None:
+        super().__init__(f"job {job_id} {state}: {reason or 'no reason recorded'}")
+        self.job_id = job_id
+        self.state = state
+        self.reason = reason
+
+
+class JobCancelled(JobFailed):
+    """Raised by ``Job.wait`` and ``Job.result`` when the job was cancelled."""
+
+
+class JobLost(FramestatsError):
+    """Raised when a followed job's state vanished from Redis (``resume`` completes it)."""
+
+
+class WaitTimeout(FramestatsError, TimeoutError):
+    """Raised when ``Job.wait``'s timeout passes before the job ends; the job keeps running."""
+
+    def __init__(self, job_id: str, timeout: float) -> None:
+        super().__init__(f"job {job_id} has not finished after {timeout:g} s; it keeps running")
+        self.job_id = job_id
+        self.timeout = timeout
+
+
 class BrokerUnavailable(FramestatsError):
     """Raised when Redis does not answer at the configured URL."""
 

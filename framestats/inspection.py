@@ -76,7 +76,7 @@ def inspect_file(
 
 
 def render(report: dict[str, Any]) -> list[str]:
-    from .monitor import fmt_bytes
+    from .units import fmt_bytes
 
     lines = [report["file"]]
     for d in report["datasets"]:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import constants as C
+from . import scripts
 from .messages import JobSpec, JobState
 from .settings import Settings
 
@@ -120,22 +121,6 @@ def pop_pending(client: Client, job_id: str, count: int = 1) -> list[int]:
     return [int(x) for x in got] if got else []
 
 
-#: Lua: the successor a finished chunk releases, taken once (see ``take_successor``);
-#: false when it was already published.
-_SUCCESSOR_FN = """
-local function successor(pending, successors, index)
-  local got = redis.call('hget', successors, index)
-  if got then
-    if string.sub(got, 1, 1) == '+' then return false end
-    return got
-  end
-  got = redis.call('lpop', pending) or ''
-  redis.call('hset', successors, index, got)
-  return got
-end
-"""
-_TAKE_SUCCESSOR = _SUCCESSOR_FN + "return successor(KEYS[1], KEYS[2], ARGV[1])"
-
 #: More commands for the same round trip (a heartbeat, a metric); gets the pipeline.
 Also = Callable[[Any], None] | None
 
@@ -148,9 +133,8 @@ def take_successor(client: Client, job_id: str, index: int) -> list[int] | None:
     chunk again: nothing pending is lost. ``[]`` when nothing is pending; None when the
     successor was already published (``successor_published``).
     """
-    got = client.eval(
-        _TAKE_SUCCESSOR, 2, C.job_pending_key(job_id), C.job_successors_key(job_id), str(index)
-    )
+    keys = [C.job_pending_key(job_id), C.job_successors_key(job_id)]
+    got = scripts.run(client, "take_successor", keys, [str(index)])
     return _successor(got)
 
 
@@ -160,21 +144,15 @@ def _successor(got: str | None) -> list[int] | None:
     return [int(got)] if got else []
 
 
-_MARK_PUBLISHED = """
-local state = redis.call('hget', KEYS[1], 'state')
-if state == 'queued' or state == 'running' or state == 'finalizing' then
-  redis.call('hset', KEYS[2], ARGV[1], ARGV[2])
-end
-"""
-
-
 def successor_published(client: Client, job_id: str, index: int, successor: list[int]) -> None:
     """Mark chunk ``index``'s successor as queued (``client`` may be the publishing MULTI).
 
     Not once the job has finished: its successors hash is gone and must stay so.
     """
     keys = (C.job_key(job_id), C.job_successors_key(job_id))
-    client.eval(_MARK_PUBLISHED, 2, *keys, str(index), "+" + ",".join(map(str, successor)))
+    scripts.run(
+        client, "mark_published", list(keys), [str(index), "+" + ",".join(map(str, successor))]
+    )
 
 
 def get(client: Client, job_id: str) -> dict[str, str] | None:
@@ -189,25 +167,6 @@ def state(client: Client, job_id: str) -> JobState | None:
 
 def chunks_done(client: Client, job_id: str) -> int:
     return int(client.scard(C.job_done_key(job_id)))
-
-
-_BEGIN_CHUNK = """
-local state = redis.call('hget', KEYS[1], 'state')
-if not state then return {false, 0} end
--- a finished job's per-chunk hashes are gone: a late delivery must not bring one back
-if state == 'done' or state == 'failed' or state == 'cancelled' then return {state, 0} end
-local n = redis.call('hincrby', KEYS[2], ARGV[1], 1)
-if state == 'queued' then
-  redis.call('hset', KEYS[1], 'state', 'running')
-  redis.call('hsetnx', KEYS[1], 'started', ARGV[2])
-  state = 'running'
-end
-if #KEYS > 2 and state == 'running' and n <= tonumber(ARGV[3])
-    and redis.call('exists', KEYS[3]) == 1 then
-  redis.call('hset', KEYS[3], 'current', ARGV[4])
-end
-return {state, n}
-"""
 
 
 def begin_chunk(
@@ -230,36 +189,8 @@ def begin_chunk(
     if runner is not None:
         keys.append(runner[0])
         args += [max_deliveries, runner[1]]
-    raw, attempts = client.eval(_BEGIN_CHUNK, len(keys), *keys, *args)
+    raw, attempts = scripts.run(client, "begin_chunk", keys, args)
     return (JobState(raw) if raw else None), int(attempts)
-
-
-_FINISH_CHUNK = (
-    _SUCCESSOR_FN
-    + """
-if redis.call('exists', KEYS[1]) == 0 then return {-1, false} end
-if redis.call('sadd', KEYS[2], ARGV[1]) == 1 then
-  redis.call('hincrby', KEYS[1], 'frames_done', ARGV[2])
-  redis.call('hincrby', KEYS[1], 'bytes_done', ARGV[3])
-  redis.call('hset', KEYS[1], 'last_progress', ARGV[5])
-  redis.call('hincrby', KEYS[3], ARGV[4], ARGV[2])
-  redis.call('hincrby', KEYS[4], 'frames', ARGV[2])
-  redis.call('hincrby', KEYS[4], 'bytes', ARGV[3])
-  redis.call('hincrby', KEYS[4], 'chunks', 1)
-end
-local done = redis.call('scard', KEYS[2])
-local state = redis.call('hget', KEYS[1], 'state')
-if state ~= 'queued' and state ~= 'running' then
-  local ttl = redis.call('pttl', KEYS[1])  -- a finished job's keys all expire with its hash
-  if ttl > 0 then
-    redis.call('pexpire', KEYS[2], ttl)
-    redis.call('pexpire', KEYS[3], ttl)
-  end
-  return {done, false}
-end
-return {done, successor(KEYS[5], KEYS[6], ARGV[1])}
-"""
-)
 
 
 def finish_chunk(
@@ -270,6 +201,7 @@ def finish_chunk(
     nbytes: int,
     worker: str,
     also: Also = None,
+    note: tuple[str, str] | None = None,
 ) -> tuple[int, list[int] | None]:
     """Record chunk ``index`` as committed and take its successor, in one script.
 
@@ -279,7 +211,7 @@ def finish_chunk(
     duplicate delivery counts nothing, a job Redis forgot is not half re-created
     (resume rebuilds it from the job folder), and a delivery after a crash between
     this and the successor's publication gets the same successor again. ``also`` adds
-    commands to the same round trip.
+    commands to the same round trip; ``note`` (field, value) is set in the job's hash.
     """
     keys = [
         C.job_key(job_id),
@@ -290,30 +222,22 @@ def finish_chunk(
         C.job_successors_key(job_id),
     ]
     pipe = client.pipeline(transaction=False)
-    pipe.eval(_FINISH_CHUNK, len(keys), *keys, index, frames, nbytes, worker, time.time())
+    args: list[Any] = [index, frames, nbytes, worker, time.time(), *(note or ())]
+    scripts.run(pipe, "finish_chunk", keys, args)
     if also is not None:
         also(pipe)
     done, got = pipe.execute()[0]
     return int(done), _successor(got)
 
 
-_RECORD_ERROR = """
-redis.call('lpush', KEYS[2], ARGV[1])
-redis.call('ltrim', KEYS[2], 0, 49)
-redis.call('hincrby', KEYS[3], 'chunk_errors', 1)
-local ttl = redis.call('pttl', KEYS[1])  -- an error after the job ended expires with it
-if ttl > 0 then redis.call('pexpire', KEYS[2], ttl) end
-"""
-
-
 def record_error(
-    client: Client, job_id: str, index: int, frames: tuple[int, int], reason: str
+    client: Client, job_id: str, index: int | str, frames: tuple[int, int], reason: str
 ) -> None:
     entry = json.dumps(
         {"chunk": index, "frames": list(frames), "reason": reason, "time": time.time()}
     )
     keys = (C.job_key(job_id), C.job_errors_key(job_id), C.METRICS_KEY)
-    client.eval(_RECORD_ERROR, 3, *keys, entry)
+    scripts.run(client, "record_error", list(keys), [entry])
 
 
 def errors(client: Client, job_id: str, limit: int = 10) -> list[dict[str, Any]]:
@@ -342,11 +266,14 @@ def finish(
         while True:
             try:
                 pipe.watch(key)
-                raw, ttl = pipe.hmget(key, "state", "ttl")
+                raw, ttl, publishing = pipe.hmget(key, ["state", "ttl", "publishing"])
                 if raw and JobState(raw).finished and JobState(raw) is not new_state:
                     pipe.unwatch()
                     return False
-                again = pipe.eval(_REDELIVERED, 1, C.job_attempts_key(job_id))
+                if publishing and new_state is JobState.CANCELLED:
+                    pipe.unwatch()  # the output is being renamed into place: too late
+                    return False
+                again = scripts.run(pipe, "redelivered", [C.job_attempts_key(job_id)], [])
                 pipe.multi()
                 fields: dict[str, Any] = {"state": new_state.value, "finished": time.time()}
                 if again:  # what the dropped attempts hash showed worth keeping
@@ -366,19 +293,6 @@ def finish(
                 continue
 
 
-#: Lua: the chunks delivered more than once (flat index, count pairs), from the attempts
-#: hash that ``finish`` drops.
-_REDELIVERED = """
-local out = {}
-local all = redis.call('hgetall', KEYS[1])
-for i = 1, #all, 2 do
-  if tonumber(all[i + 1]) > 1 then
-    out[#out + 1] = all[i]
-    out[#out + 1] = all[i + 1]
-  end
-end
-return out
-"""
 #: Most chunks listed in a finished job's ``redelivered`` field (the most delivered).
 _REDELIVERED_MAX = 100
 
@@ -431,20 +345,9 @@ def expire_finished(pipe: Any, job_id: str, ttl: int) -> None:
                 pipe.expire(name, ttl)
 
 
-#: Push the final state for ``--wait``; the list lasts _EVENTS_TTL, or less when the job's
-#: keys expire sooner.
-_NOTIFY = """
-redis.call('rpush', KEYS[2], ARGV[1])
-local keep = tonumber(ARGV[2])
-local ttl = redis.call('pttl', KEYS[1])
-if ttl > 0 and ttl < keep then keep = ttl end
-redis.call('pexpire', KEYS[2], keep)
-"""
-
-
 def _notify(pipe: Any, job_id: str, new_state: JobState) -> None:
     keys = (C.job_key(job_id), C.job_events_key(job_id))
-    pipe.eval(_NOTIFY, 2, *keys, new_state.value, _EVENTS_TTL * 1000)
+    scripts.run(pipe, "notify", list(keys), [new_state.value, _EVENTS_TTL * 1000])
 
 
 def notify_finished(client: Client, job_id: str, new_state: JobState) -> None:
@@ -459,23 +362,45 @@ def wait_finished(client: Client, job_id: str, timeout: float) -> None:
     client.blpop([C.job_events_key(job_id)], timeout=timeout)
 
 
-def set_state(client: Client, job_id: str, new_state: JobState) -> None:
-    client.hset(C.job_key(job_id), "state", new_state.value)
+def count_finalize(client: Client, job_id: str) -> int:
+    """Count one attempt at the job's finalize step; returns the attempts so far."""
+    return int(client.hincrby(C.job_key(job_id), "finalize_deliveries", 1))
 
 
-def acquire_finalize(client: Client, job_id: str, token: str, ttl: int) -> bool:
-    return bool(client.set(C.job_finalize_lock_key(job_id), token, nx=True, ex=ttl))
+def begin_finalize(client: Client, job_id: str) -> JobState | None:
+    """Move the job to finalizing unless it ended meanwhile; returns its state after."""
+    raw = scripts.run(client, "begin_finalize", [C.job_key(job_id)], [])
+    return JobState(raw) if raw else None
+
+
+def acquire_finalize(client: Client, job_id: str, token: str, ttl: float) -> bool:
+    """Take the job's finalize lock for ``ttl`` seconds, unless another process holds it."""
+    return bool(client.set(C.job_finalize_lock_key(job_id), token, nx=True, px=int(ttl * 1000)))
+
+
+def renew_finalize(client: Client, job_id: str, token: str, ttl: float) -> bool:
+    """Extend the finalize lock by ``ttl`` seconds; False when it is no longer the caller's."""
+    key = C.job_finalize_lock_key(job_id)
+    return bool(scripts.run(client, "renew_lock", [key], [token, int(ttl * 1000)]))
 
 
 def release_finalize(client: Client, job_id: str, token: str) -> None:
-    key = C.job_finalize_lock_key(job_id)
-    # Compare-and-delete so a finalizer whose lock expired cannot free another's.
-    client.eval(
-        "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
-        1,
-        key,
-        token,
-    )
+    """Free the finalize lock if it is still the caller's."""
+    scripts.run(client, "release_lock", [C.job_finalize_lock_key(job_id)], [token])
+
+
+def retry_finalize(client: Client, job_id: str) -> None:
+    """After a failed finalize attempt: a cancel applies again until the next attempt."""
+    client.hdel(C.job_key(job_id), "publishing")
+
+
+def may_publish(client: Client, job_id: str, token: str) -> bool:
+    """The finalizer's last check before renaming the output into place: True while it
+    still holds the lock and the job is still finalizing (marked "publishing" then, and
+    a cancel no longer applies). A finalizer paused past its lock, or a job cancelled
+    meanwhile, gets False and must publish nothing."""
+    keys = [C.job_finalize_lock_key(job_id), C.job_key(job_id)]
+    return bool(scripts.run(client, "publish_gate", keys, [token]))
 
 
 def delete(client: Client, job_id: str) -> None:

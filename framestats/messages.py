@@ -130,6 +130,29 @@ class JobSpec:
     masks: tuple[dict[str, Any], ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def for_reading(
+        cls,
+        segments: tuple[Segment, ...],
+        frame_shape: tuple[int, int],
+        dtype: str,
+        boundaries: tuple[int, ...] | None = None,
+    ) -> JobSpec:
+        """A job of ``segments`` with no output, no folder and no queue: what a reader and
+        a reducer need to work outside a submitted job (benchmarks, tests)."""
+        import numpy as np
+
+        n = sum(s.count for s in segments)
+        bounds = boundaries or (0, n)
+        return cls(
+            job_id="reading", segments=tuple(segments), frame_shape=tuple(frame_shape),  # type: ignore[arg-type]
+            dtype=np.dtype(dtype).str, n_frames=n, n_regions=1, stats=("sum",),
+            boundaries=bounds, output="/nonexistent/out.h5",
+            workdir="/nonexistent/out.h5.parts", mask_path="", mask_sha256="", queue="",
+            chunk_frames=max(b - a for a, b in zip(bounds, bounds[1:], strict=False)),
+            created=0.0, version="",
+        )  # fmt: skip
+
     @property
     def n_chunks(self) -> int:
         return len(self.boundaries) - 1
@@ -142,6 +165,16 @@ class JobSpec:
             index=index,
             start=self.boundaries[index],
             stop=self.boundaries[index + 1],
+        )
+
+    def planned(self, task: ChunkTask) -> bool:
+        """Whether ``task`` is one of this job's chunks exactly as planned (messages can be
+        forged or left over from an earlier plan)."""
+        return (
+            task.job_id == self.job_id
+            and 0 <= task.index < self.n_chunks
+            and (task.start, task.stop)
+            == (self.boundaries[task.index], self.boundaries[task.index + 1])
         )
 
     @property
@@ -174,6 +207,8 @@ class JobSpec:
         return json.dumps(self.to_json(), indent=1)
 
     @classmethod
-    def load(cls, path: str) -> JobSpec:
-        with open(path, encoding="utf-8") as fh:
-            return cls.from_json(json.load(fh))
+    def loads(cls, text: str | bytes) -> JobSpec:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("a manifest is a JSON object")
+        return cls.from_json(data)

@@ -21,7 +21,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import constants as C
-from .paths import chunk_index
+from . import wire
+from .chunkfile import chunk_index
 
 #: Redis client (decode_responses=True); redis-py types every reply loosely.
 Client = Any
@@ -29,11 +30,6 @@ Client = Any
 #: States a job can be in (JobState values; spelled here so no numpy is imported).
 STATES = ("queued", "running", "finalizing", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
-
-#: Kombu Redis transport: hash and priority-list naming (kombu.transport.redis.Channel).
-UNACKED_KEY = "unacked"
-PRIORITY_SEP = "\x06\x16"
-PRIORITY_STEPS = (0, 3, 6, 9)
 
 #: Upper bounds (s) of the chunk latency histogram buckets; +Inf is implied.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -201,6 +197,9 @@ def _parameters(data: dict[str, str]) -> dict[str, Any]:
     }
     params["regions"] = _i(data.get("n_regions"))
     params["frame_bytes"] = _i(data.get("frame_bytes"))
+    decoded = {k[len("decode:") :]: v for k, v in sorted(data.items()) if k.startswith("decode:")}
+    if decoded:  # how each device's workers decode the chunks (device, host or hdf5)
+        params["decode"] = ", ".join(f"{path} on {dev}" for dev, path in decoded.items())
     manifest = data.get("manifest")
     if manifest:
         try:  # the manifest may live on storage this host cannot see
@@ -250,38 +249,20 @@ def offline_detail(manifest: str) -> dict[str, Any]:
 # --- queues --------------------------------------------------------------------------
 
 
-def queue_keys(queue: str) -> list[str]:
-    """The Redis lists holding a queue's messages, one per priority step."""
-    return [queue if p == 0 else f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS]
-
-
-def reserved_by_queue(unacked: Iterable[str]) -> Counter[str]:
-    """Messages taken by workers and not yet acknowledged, per queue."""
-    counts: Counter[str] = Counter()
-    for raw in unacked:
-        try:
-            message, _exchange, routing_key = json.loads(raw)
-            queue = routing_key or message["properties"]["delivery_info"]["routing_key"]
-        except (ValueError, TypeError, KeyError):
-            queue = "?"
-        counts[str(queue)] += 1
-    return counts
-
-
 def queue_depths(
     client: Client, queues: Iterable[str], unacked: Iterable[str] | None = None
 ) -> dict[str, dict[str, int]]:
     """{queue: {"waiting": n, "reserved": m}} for ``queues`` and every queue with reserved messages."""
     if unacked is None:
-        unacked = client.hvals(UNACKED_KEY)
-    reserved = reserved_by_queue(unacked)
+        unacked = client.hvals(wire.UNACKED_KEY)
+    reserved = wire.reserved_by_queue(unacked)
     names = sorted(set(queues) | set(reserved))
     pipe = client.pipeline(transaction=False)
     for q in names:
-        for key in queue_keys(q):
+        for key in wire.queue_keys(q):
             pipe.llen(key)
     lens = pipe.execute()
-    n = len(PRIORITY_STEPS)
+    n = len(wire.PRIORITY_STEPS)
     return {
         q: {"waiting": int(sum(lens[i * n : (i + 1) * n])), "reserved": reserved.get(q, 0)}
         for i, q in enumerate(names)
@@ -386,7 +367,7 @@ def overview(
     if limit is None or limit > 0:
         pipe.zrevrange(C.JOBS_INDEX, 0, -1 if limit is None else limit - 1)
     pipe.zrangebyscore(C.WORKERS_INDEX, now - worker_timeout, "+inf")
-    pipe.hvals(UNACKED_KEY)
+    pipe.hvals(wire.UNACKED_KEY)
     replies = pipe.execute()
     (counts, gone, job_queues), worker_ids, unacked = replies[0], replies[-2], replies[-1]
     recent = replies[1] if len(replies) == 4 else []
@@ -465,146 +446,3 @@ def latency_histogram(raw: dict[str, str]) -> tuple[list[tuple[str, float]], flo
             out.append((f"{bound:g}", float(total)))
     out.append(("+Inf", float(total)))
     return out, _f(raw.get("sum")), _i(raw.get("count"), total)
-
-
-# --- text rendering ------------------------------------------------------------------
-
-
-def fmt_seconds(s: float | None) -> str:
-    if s is None:
-        return "--:--"
-    s = int(max(0, s))
-    if s >= 86400:
-        return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-    if s >= 3600:
-        return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-    return f"{s // 60}:{s % 60:02d}"
-
-
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def fmt_age(t: float | None, now: float) -> str:
-    return "-" if t is None else f"{max(0.0, now - t):.1f}s ago"
-
-
-def render_overview(view: dict[str, Any]) -> list[str]:
-    lines = [
-        f"{'JOB':<16}  {'STATE':<10} {'CHUNKS':>13} {'FAILED':>6} {'FRAMES/S':>10} "
-        f"{'ETA/TIME':>9}  INPUT"
-    ]
-    for r in view["jobs"]:
-        when = r["eta_s"] if r["state"] in ("queued", "running") else r["duration_s"]
-        lines.append(
-            f"{r['id']:<16}  {r['state']:<10} {str(r['chunks_done']) + '/' + str(r['chunks_total']):>13} "
-            f"{r['chunks_failed']:>6} {r['frames_per_s']:>10,.0f} {fmt_seconds(when):>9}  "
-            f"{r['input']}"
-        )
-    if not view["jobs"]:
-        lines.append("(no jobs)")
-    counts = ", ".join(f"{n} {s}" for s, n in view["jobs_by_state"].items() if n)
-    lines.append(f"jobs: {view['jobs_total']} ({counts or 'none'})")
-    queues = "; ".join(
-        f"{q}: {d['waiting']} waiting, {d['reserved']} reserved, {_takers(d)}"
-        for q, d in view["queues"].items()
-    )
-    lines.append(f"queues: {queues or 'none'}")
-    nodes = Counter(w["name"] for w in view["workers"])
-    node_text = ", ".join(f"{n} ({k} processes)" for n, k in sorted(nodes.items()))
-    lines.append(f"workers: {view['workers_online']} online" + (f": {node_text}" if nodes else ""))
-    return lines
-
-
-def _takers(depth: dict[str, int]) -> str:
-    """A queue's live worker processes, flagged when messages wait and none takes them."""
-    n = depth.get("workers", 0)
-    if n:
-        return f"{n} worker process{'es' if n > 1 else ''}"
-    return "NO worker takes from it" if depth["waiting"] or depth["reserved"] else "no worker"
-
-
-def render_job(d: dict[str, Any]) -> list[str]:
-    now = time.time()
-    frac = d["frames_done"] / d["frames_total"] if d["frames_total"] else 0.0
-    rows: list[tuple[str, Any]] = [
-        ("job", d["id"]),
-        ("state", d["state"] + (f": {d['reason']}" if d.get("reason") else "")),
-        (
-            "progress",
-            f"{d['chunks_done']}/{d['chunks_total']} chunks, {d['frames_done']}/"
-            f"{d['frames_total']} frames ({frac:.1%}), {d['chunks_failed']} failed"
-            + (
-                f", {d['chunks_requeued']} queued again (lost with a worker)"
-                if d.get("chunks_requeued")
-                else ""
-            )
-            + (
-                f", {d['chunks_redelivered']} delivered more than once"
-                if d.get("chunks_redelivered")
-                else ""
-            ),
-        ),
-    ]
-    if "frames_per_s" in d:
-        rows.append(
-            ("rate", f"{d['frames_per_s']:,.1f} frames/s ({fmt_bytes(d['bytes_per_s'])}/s)")
-        )
-        if d["state"] in FINISHED:
-            rows.append(("duration", fmt_seconds(d["duration_s"])))
-        else:
-            rows.append(
-                ("elapsed", f"{fmt_seconds(d['elapsed_s'])}, ETA {fmt_seconds(d['eta_s'])}")
-            )
-        rows.append(
-            (
-                "times",
-                f"submitted {fmt_age(d['submitted'], now)}, started "
-                f"{fmt_age(d['started'], now)}, finished {fmt_age(d['finished'], now)}",
-            )
-        )
-    rows += [
-        (k, v)
-        for k, v in d.get("parameters", {}).items()
-        if k not in ("inputs", "output") and v not in (None, "")
-    ]
-    if "chunks_pending" in d:
-        rows.append(
-            ("chunks", f"{d['chunks_pending']} not yet queued, {d['chunks_started']} started")
-        )
-    rows += [
-        ("worker", f"{w['worker']}: {w['frames']} frames ({w['share']:.0%})")
-        for w in d.get("workers", [])
-    ]
-    rows += [("running", f"{r['chunk']} on {r['worker']}") for r in d.get("running_on", [])]
-    if d.get("errors_total"):
-        rows.append(("errors", f"{d['errors_total']} (newest first)"))
-        rows += [
-            ("", f"chunk {e.get('chunk')} frames {e.get('frames')}: {e.get('reason')}")
-            for e in d["errors"]
-        ]
-    if d.get("output"):
-        rows.append(("output", d["output"]))
-    return [f"{k:<13}{v}" for k, v in rows]
-
-
-def render_workers(rows: list[dict[str, Any]], now: float) -> list[str]:
-    lines = [
-        f"{'WORKER':<28} {'HOST':<14} {'PID':>7} {'DEVICE':<22} {'QUEUES':<14} {'CHUNKS':>7} "
-        f"{'FRAMES/S':>10} {'MB/S':>8} {'BEAT':>6}  CURRENT"
-    ]
-    for w in rows:
-        age = "-" if w["heartbeat_age_s"] is None else f"{w['heartbeat_age_s']:.0f}s"
-        queues = ",".join(w.get("queues") or []) or "-"
-        lines.append(
-            f"{w['name']:<28} {w['host']:<14} {w['pid']:>7} {w['device']:<22} {queues:<14} "
-            f"{w['chunks_done']:>7} {w['frames_per_s']:>10,.0f} {w['bytes_per_s'] / 1e6:>8,.1f} "
-            f"{age:>6}  {w['current'] or '-'}"
-        )
-    if not rows:
-        lines.append("(no worker heartbeat)")
-    return lines

@@ -3,36 +3,16 @@
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Callable
 
-from .constants import CHUNKS_DIR, WORKDIR_SUFFIX
+from .constants import WORKDIR_SUFFIX
 from .errors import PathNotAllowed
 
 
 def workdir_for(output: str) -> str:
     """The job folder for an output path: manifest, mask copy and committed chunks."""
     return os.path.abspath(output) + WORKDIR_SUFFIX
-
-
-#: The committed result files' ending (``producer.results`` writes and reads them).
-CHUNK_SUFFIX = ".chunk"
-#: The ending before 2026-11-27 (``.npz``): still read, so that a job a worker of an
-#: earlier version began finishes after an upgrade.
-LEGACY_CHUNK_SUFFIX = ".npz"
-
-
-def chunk_path(workdir: str, index: int, suffix: str = CHUNK_SUFFIX) -> str:
-    """Where chunk ``index``'s committed result lives (``LEGACY_CHUNK_SUFFIX``: where an
-    earlier version committed it)."""
-    return os.path.join(workdir, CHUNKS_DIR, f"{index:08d}{suffix}")
-
-
-def chunk_index(name: str) -> int | None:
-    """The chunk index a file name in the chunks folder commits, or None (temporary files)."""
-    for suffix in (CHUNK_SUFFIX, LEGACY_CHUNK_SUFFIX):
-        stem = name[: -len(suffix)]
-        if name.endswith(suffix) and stem.isdigit():
-            return int(stem)
-    return None
 
 
 def check_allowed(path: str, roots: tuple[str, ...]) -> str:
@@ -50,3 +30,22 @@ def check_allowed(path: str, roots: tuple[str, ...]) -> str:
         if real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep):
             return real
     raise PathNotAllowed(path, roots)
+
+
+def write_atomic(path: str, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` to a temporary file beside ``path`` (a name no other writer picks),
+    fsync it and rename it to ``path``: a reader sees no file or a whole one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -34,6 +34,8 @@ class Plan:
     """Task boundaries in global frame numbers: task i is [boundaries[i], boundaries[i+1])."""
 
     boundaries: tuple[int, ...]
+    #: Frames in the largest task (what ``--chunk-frames`` or the task size gave, or the
+    #: whole job when it is smaller): what submit reports and the output records.
     frames_per_task: int
     note: str | None = None
 
@@ -101,4 +103,5 @@ def plan(
     for seg, seg_c in zip(segments, hdf5_chunk_frames, strict=True):
         bounds.extend(split_segment(seg, per_task, seg_c))
     bounds.append(total)
-    return Plan(boundaries=tuple(bounds), frames_per_task=per_task, note=note)
+    largest = max(b - a for a, b in zip(bounds, bounds[1:], strict=False))
+    return Plan(boundaries=tuple(bounds), frames_per_task=largest, note=note)

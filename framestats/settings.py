@@ -57,6 +57,24 @@ def _duration(env: Mapping[str, str], name: str, default: int) -> int:
         ) from exc
 
 
+def _threads(env: Mapping[str, str], name: str) -> int | None:
+    """A thread count, None for "auto" (or unset)."""
+    raw = (env.get(name) or "").strip().lower()
+    return None if raw in ("", "auto") else _int(env, name, 0)
+
+
+def _switch(env: Mapping[str, str], name: str) -> bool | None:
+    """True/False from 1/on/yes/true and 0/off/no/false; None for "auto" (or unset)."""
+    raw = (env.get(name) or "").strip().lower()
+    if raw in ("", "auto"):
+        return None
+    if raw in ("1", "on", "yes", "true"):
+        return True
+    if raw in ("0", "off", "no", "false"):
+        return False
+    raise ValueError(f"{name} must be auto, on or off, got {env.get(name)!r}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every tunable of the system, with its default.
@@ -67,7 +85,9 @@ class Settings:
     ``FRAMESTATS_MAX_RETRIES``, ``FRAMESTATS_RETRY_BACKOFF``, ``FRAMESTATS_HEARTBEAT``,
     ``FRAMESTATS_WORKER_TIMEOUT``, ``FRAMESTATS_FINALIZE_LOCK_TTL``, ``FRAMESTATS_DEVICE``,
     ``FRAMESTATS_PREFETCH_MULTIPLIER``, ``FRAMESTATS_MAX_REGIONS``,
-    ``FRAMESTATS_MAX_OUTPUT_GIB``, ``FRAMESTATS_JOB_TTL``, ``FRAMESTATS_REFUSED_WRITES_WAIT``.
+    ``FRAMESTATS_MAX_OUTPUT_GIB``, ``FRAMESTATS_JOB_TTL``, ``FRAMESTATS_REFUSED_WRITES_WAIT``,
+    ``FRAMESTATS_TORCH_THREADS``, ``FRAMESTATS_GPU_DECODE``, ``FRAMESTATS_DECODE_THREADS``,
+    ``FRAMESTATS_PREFETCH``.
     """
 
     #: Broker and job-state store; may carry a password (redis://:pw@host/0, rediss://).
@@ -78,7 +98,7 @@ class Settings:
     window: int = 64
     #: Largest uncompressed bytes per chunk task when --chunk-frames is not given (a
     #: small job gets smaller tasks, so every live worker process has some:
-    #: ``producer.plan.task_bytes_for``).
+    #: ``framestats.plan.task_bytes_for``).
     task_bytes: int = 256 * 1024 * 1024
     #: Seconds before Redis hands an unacknowledged message to another worker.
     visibility_timeout: int = 45
@@ -100,10 +120,8 @@ class Settings:
     device: str = "auto"
     #: Messages a worker node reserves per pool process (Celery's prefetch multiplier).
     #: 1: a node never holds a chunk another node could start sooner, and a node that
-    #: dies holds only what it runs. 2: the next chunk is in hand when a process finishes
-    #: one (hand-over 5 -> 2.5 ms; end to end no faster with 2 processes on 2 cores, ~8 %
-    #: with one process per GPU); CI's only failures of the whole-node kill tests came
-    #: with 2 (bench/RESULTS.md).
+    #: dies holds only what it runs. 2: the next chunk is already in hand when a process
+    #: finishes one (a shorter hand-over, at the price of both).
     prefetch_multiplier: int = 1
     #: Most regions (the largest mask label) a job may have: each is a column of every
     #: statistic. A stray label (one pixel labelled 2e9) would otherwise size the outputs.
@@ -117,8 +135,22 @@ class Settings:
     #: Seconds a worker waits, in place, for a Redis that refuses writes (OOM, MISCONF,
     #: READONLY) before it ends the chunk's delivery (the chunk runs again later).
     refused_writes_wait: float = 60.0
+    #: Threads of torch's CPU operations in each worker process (one process per core).
+    torch_threads: int = 1
+    #: GPU workers decode Bitshuffle-LZ4 chunks on the device (nvCOMP): auto (where
+    #: nvCOMP loads), on (a GPU worker without it fails the job's chunks), off.
+    gpu_decode: str = "auto"
+    #: Threads decoding compressed chunks in each worker process; 0: HDF5's filters
+    #: decode; None: one per core the process may use on a GPU worker, one on a CPU worker.
+    decode_threads: int | None = None
+    #: Read the next block while the current one is reduced (None: on GPU workers only).
+    prefetch: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.gpu_decode not in ("auto", "on", "off"):
+            raise ValueError(
+                f"FRAMESTATS_GPU_DECODE must be auto, on or off, got {self.gpu_decode!r}"
+            )
         if self.prefetch_multiplier < 1:  # Celery reads 0 as "no limit"
             raise ValueError(
                 f"FRAMESTATS_PREFETCH_MULTIPLIER must be at least 1, got {self.prefetch_multiplier}"
@@ -162,6 +194,10 @@ class Settings:
             refused_writes_wait=_float(
                 env, "FRAMESTATS_REFUSED_WRITES_WAIT", cls.refused_writes_wait
             ),
+            torch_threads=_int(env, "FRAMESTATS_TORCH_THREADS", cls.torch_threads),
+            gpu_decode=(env.get("FRAMESTATS_GPU_DECODE") or cls.gpu_decode).strip().lower(),
+            decode_threads=_threads(env, "FRAMESTATS_DECODE_THREADS"),
+            prefetch=_switch(env, "FRAMESTATS_PREFETCH"),
         )
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

@@ -1,16 +1,20 @@
-"""Chunk tasks written straight into their Redis queue, without importing Celery.
+"""Celery's and kombu's formats, in the one module that knows them.
 
-``producer submit`` publishes one window of reduce tasks. Doing that through Celery
-costs the command ~0.15 s (importing celery and kombu, building the app, opening its
-connection), a large share of a short job's wall time. The message Celery writes is
-simple: Celery's task protocol 2 in kombu's Redis transport envelope, JSON, pushed
-with LPUSH onto the list named after the queue (priority 0). This module writes the
-same message with the producer's Redis client, in one round trip. Workers consume
-through Celery and write the window's next chunk, finalize tasks and the sweep's
-requeued chunks here too (inside their own MULTI where it matters); ``read_task``
-reads any of these back. ``tests/test_wire.py`` checks
-the message against one made by Celery itself, so a Celery/kombu upgrade that changes
-the format fails a test instead of the pipeline.
+Messages: ``producer submit`` publishes the first window of reduce tasks without
+importing Celery (its import and app would cost a short job a large share of its wall
+time). The message Celery writes is Celery's task protocol 2 in kombu's Redis transport
+envelope, JSON, pushed with LPUSH onto the list named after the queue (priority 0); this
+module writes the same message with the producer's Redis client, in one round trip.
+Workers consume through Celery and write the window's next chunk, finalize tasks and the
+sweep's requeued chunks here too; ``read_task`` reads any of these back.
+
+Layout: where kombu keeps a queue's messages (one list per priority step) and the
+messages workers hold unacknowledged (the ``unacked`` hash), for status and the
+lost-message sweep.
+
+tests/unit/test_wire.py checks the message against one Celery makes and these names
+against kombu's own, so an upgrade that changes them fails a test, not the pipeline
+(pyproject.toml pins the versions known to work).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import os
 import socket
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -113,3 +118,29 @@ def read_task(raw: str) -> tuple[str, dict[str, Any]] | None:
     if not isinstance(task, str) or not isinstance(payload, dict):
         return None
     return task, payload
+
+
+# --- kombu's Redis layout: where messages wait and where workers hold them ----------
+
+#: Kombu Redis transport: hash and priority-list naming (kombu.transport.redis.Channel).
+UNACKED_KEY = "unacked"
+PRIORITY_SEP = "\x06\x16"
+PRIORITY_STEPS = (0, 3, 6, 9)
+
+
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists holding a queue's messages, one per priority step."""
+    return [queue if p == 0 else f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS]
+
+
+def reserved_by_queue(unacked: Iterable[str]) -> Counter[str]:
+    """Messages taken by workers and not yet acknowledged, per queue."""
+    counts: Counter[str] = Counter()
+    for raw in unacked:
+        try:
+            message, _exchange, routing_key = json.loads(raw)
+            queue = routing_key or message["properties"]["delivery_info"]["routing_key"]
+        except (ValueError, TypeError, KeyError):
+            queue = "?"
+        counts[str(queue)] += 1
+    return counts

@@ -146,32 +146,27 @@ def submit(
     INPUTS: HDF5 files, glob patterns ('scan_*.h5') or Eiger *_master.h5 files, read in
     sorted order as one sequence of frames.
     """
-    from framestats.submit import SubmitRequest
-    from framestats.submit import submit as do_submit
+    from framestats import api
 
-    request = SubmitRequest(
-        inputs=inputs,
-        mask=mask,
+    job = api.submit(
+        inputs,
+        mask,
         dataset=dataset,
         output=output,
-        stats=stats,  # type: ignore[arg-type]
+        stats=stats,
         chunk_frames=chunk_frames,
         queue=queue,
         overwrite=overwrite,
+        settings=settings(),
         **selection,
     )
-    cfg = settings()
-    prepared = do_submit(request, cfg)
-    spec = prepared.spec
-    if prepared.plan.note:
-        click.echo(f"note: {prepared.plan.note}", err=True)
-    click.echo(spec.job_id)
-    click.echo(
-        f"queued {spec.n_chunks} chunks of {spec.chunk_frames} frames "
-        f"({spec.n_frames} frames, {spec.n_regions} regions) -> {spec.output}",
-        err=True,
-    )
-    if prepared.live_processes == 0:
+    spec = job.spec
+    assert spec is not None
+    if job.note:
+        click.echo(f"note: {job.note}", err=True)
+    click.echo(job.id)
+    click.echo(f"queued {_queued(spec)} -> {spec.output}", err=True)
+    if job.live_processes == 0:
         click.echo(
             f"note: no live worker takes from queue {spec.queue}; "
             "the chunks wait until one does (start one with: worker --queues "
@@ -179,27 +174,41 @@ def submit(
             err=True,
         )
     if wait:
-        sys.exit(_wait(cfg, spec.job_id, spec.output))
+        sys.exit(_wait(job))
 
 
-def _wait(cfg: Settings, job_id: str, output: str) -> int:
-    from framestats import connection
-    from framestats.progress import follow
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
-    client = connection.connect(cfg.redis_url)
-    try:
-        final = follow(client, job_id)
-    except KeyboardInterrupt:
-        click.echo(f"\nstopped watching; job {job_id} keeps running", err=True)
-        return 130
-    state = final.get("state")
-    if state == "done":
-        click.echo(f"done: {output}", err=True)
-        return 0
-    click.echo(
-        f"error: job {job_id} {state}: {final.get('reason', 'no reason recorded')}", err=True
+
+def _queued(spec: Any) -> str:
+    """'1 chunk of 64 frames (1 region)', '7 chunks of 8 frames (53 frames, 4 regions)'."""
+    regions = _plural(spec.n_regions, "region")
+    if spec.n_chunks == 1:
+        return f"1 chunk of {_plural(spec.n_frames, 'frame')} ({regions})"
+    return (
+        f"{spec.n_chunks} chunks of {_plural(spec.chunk_frames, 'frame')} "
+        f"({spec.n_frames} frames, {regions})"
     )
-    return 1
+
+
+def _wait(job: Any) -> int:
+    """Follow a job with the progress line on stderr; the command's exit code."""
+    from framestats.errors import JobFailed, JobLost
+
+    try:
+        job.wait(progress=sys.stderr)
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped watching; job {job.id} keeps running", err=True)
+        return 130
+    except JobFailed as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 1
+    except JobLost as exc:  # the job's keys vanished while watching
+        click.echo(f"\nerror: {exc}", err=True)
+        return 1
+    click.echo(f"done: {job.output}", err=True)
+    return 0
 
 
 @cli.command()
@@ -208,14 +217,14 @@ def _wait(cfg: Settings, job_id: str, output: str) -> int:
 @handle_errors
 def resume(target: str, wait: bool) -> None:
     """Queue again the chunks of JOB (id or OUTPUT.h5) that have no committed result."""
-    from framestats.resume import resume as do_resume
+    from framestats import api
 
-    cfg = settings()
-    spec, queued = do_resume(target, cfg)
-    click.echo(spec.job_id)
-    click.echo(f"resumed: {queued} of {spec.n_chunks} chunks queued again", err=True)
+    job = api.resume(target, settings=settings())
+    assert job.spec is not None
+    click.echo(job.id)
+    click.echo(f"resumed: {job.chunks_queued} of {job.spec.n_chunks} chunks queued again", err=True)
     if wait:
-        sys.exit(_wait(cfg, spec.job_id, spec.output))
+        sys.exit(_wait(job))
 
 
 @cli.command()
@@ -223,9 +232,9 @@ def resume(target: str, wait: bool) -> None:
 @handle_errors
 def cancel(job_id: str) -> None:
     """Cancel JOB: queued chunks are skipped, running ones finish, no output is written."""
-    from framestats.resume import cancel as do_cancel
+    from framestats import api
 
-    if do_cancel(job_id, settings()):
+    if api.cancel(job_id, settings=settings()):
         click.echo(f"cancelled {job_id}")
     else:
         click.echo(f"job {job_id} had already finished; nothing to cancel", err=True)
@@ -238,17 +247,12 @@ def cancel(job_id: str) -> None:
 @handle_errors
 def status(job: str | None, as_json: bool, limit: int) -> None:
     """Recent jobs, queue depths and workers online; or one JOB (id or OUTPUT.h5) in detail."""
-    from framestats import connection, monitor
+    from framestats import api
 
-    cfg = settings()
-    client = connection.connect(cfg.redis_url)
-    connection.ping(client, cfg.redis_url_redacted)
-    if job:
-        view = monitor.job_status(client, job, cfg.worker_timeout)
-        lines = monitor.render_job(view)
-    else:
-        view = monitor.overview(client, cfg.worker_timeout, limit)
-        lines = monitor.render_overview(view)
+    from . import render
+
+    view = api.status(job or None, limit=limit, settings=settings())
+    lines = render.job(view) if job else render.overview(view)
     click.echo(json.dumps(view, indent=1) if as_json else "\n".join(lines))
 
 
@@ -290,22 +294,9 @@ def prune(older_than: str | None, dry_run: bool) -> None:
 @handle_errors
 def watch(job: str) -> None:
     """A live progress bar until JOB (id or OUTPUT.h5) ends; Ctrl-C leaves the job running."""
-    from framestats import connection, monitor
+    from framestats import api
 
-    cfg = settings()
-    client = connection.connect(cfg.redis_url)
-    connection.ping(client, cfg.redis_url_redacted)
-    view = monitor.job_status(client, job, cfg.worker_timeout)
-    if view["state"] == "unknown":
-        from framestats.errors import JobNotFound
-
-        raise JobNotFound(f"job {view['id']} is not known to Redis; see 'producer resume'")
-    try:
-        code = _wait(cfg, view["id"], view["output"])
-    except RuntimeError as exc:  # the job's keys vanished while watching
-        click.echo(f"\nerror: {exc}", err=True)
-        code = 1
-    sys.exit(code)
+    sys.exit(_wait(api.job(job, settings=settings())))
 
 
 @cli.command()
@@ -315,16 +306,15 @@ def workers(as_json: bool) -> None:
     """Live worker processes (from their Redis heartbeats): device, chunks, throughput."""
     import time
 
-    from framestats import connection, monitor
+    from framestats import api
 
-    cfg = settings()
-    client = connection.connect(cfg.redis_url)
-    connection.ping(client, cfg.redis_url_redacted)
-    rows = monitor.workers(client, cfg.worker_timeout)
+    from . import render
+
+    rows = api.workers(settings=settings())
     if as_json:
         click.echo(json.dumps({"workers": rows}, indent=1))
     else:
-        click.echo("\n".join(monitor.render_workers(rows, time.time())))
+        click.echo("\n".join(render.workers(rows, time.time())))
 
 
 @cli.command(name="inspect")
@@ -358,11 +348,13 @@ def inspect_cmd(
 
 @cli.command()
 @click.argument("output")
-@click.option("--stat", default="mean", show_default=True, help="Statistic to draw.")
+@click.option(
+    "--stat", default=None, help="Statistic to draw (default mean, else the file's first)."
+)
 @click.option("--output", "-o", "png", default=None, help="PNG to write (default OUTPUT.STAT.png).")
 @click.option("--regions", default=None, help="Comma-separated region numbers (default all).")
 @handle_errors
-def plot(output: str, stat: str, png: str | None, regions: str | None) -> None:
+def plot(output: str, stat: str | None, png: str | None, regions: str | None) -> None:
     """A PNG of per-frame traces of one statistic, one line per region, from a job's OUTPUT."""
     from framestats.errors import OptionError
 
@@ -373,6 +365,30 @@ def plot(output: str, stat: str, png: str | None, regions: str | None) -> None:
     except ValueError as exc:
         raise OptionError(f"--regions takes region numbers like 1,3: {exc}") from exc
     click.echo(do_plot(output, stat, png, chosen))
+
+
+@cli.command()
+@click.argument("output")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "parquet"]),
+    default="csv",
+    show_default=True,
+    help="csv for spreadsheets, parquet for pandas and friends.",
+)
+@click.option(
+    "--stat", "stats", multiple=True, help="Statistic to export (repeatable; default all)."
+)
+@click.option(
+    "--output", "-o", "target", default=None, help="File to write (default OUTPUT.FORMAT)."
+)
+@handle_errors
+def export(output: str, fmt: str, stats: tuple[str, ...], target: str | None) -> None:
+    """A table of a job's OUTPUT: one row per frame, one column per statistic and region."""
+    from .export import export as do_export
+
+    click.echo(do_export(output, fmt, stats, target))
 
 
 @cli.command()
@@ -411,7 +427,7 @@ def demo(folder: str, frames: int) -> None:
 
 def main() -> None:
     # The producer does no linear algebra: one BLAS thread spares every command the start
-    # and join of numpy's thread pool (with interpreter teardown, ~0.1 s; bench/RESULTS.md).
+    # and join of numpy's thread pool.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from framestats import redaction
 
@@ -419,14 +435,4 @@ def main() -> None:
         redaction.install(settings().redis_url)
     except ValueError:
         pass  # a bad setting is reported by the command itself
-    try:
-        cli(prog_name="producer")
-    except SystemExit as exc:
-        # Everything a command writes is closed and synced by then; skip the interpreter's
-        # teardown of numpy, h5py, redis and celery modules.
-        code = exc.code
-        if isinstance(code, str):
-            print(code, file=sys.stderr)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+    cli(prog_name="producer")

@@ -14,7 +14,7 @@ from framestats import connection, jobs
 from framestats import constants as C
 from framestats.progress import follow
 from framestats.settings import Settings
-from framestats.submit import SubmitRequest, submit
+from framestats.submission import SubmitRequest, submit
 
 
 def start_worker(settings: Settings, queue: str, log_path: str) -> subprocess.Popen[bytes]:

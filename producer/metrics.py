@@ -1,7 +1,7 @@
 """A Prometheus endpoint for what Flower does not show: queues, jobs, throughput, latency.
 
 ``producer metrics --port 9108`` serves ``/metrics``; every scrape reads Redis afresh
-(a few pipelined round trips, see ``producer.monitor``), so the endpoint holds no state
+(a few pipelined round trips, see ``framestats.monitor``), so the endpoint holds no state
 and any number of them may run. Counters that must survive restarts (frames, bytes and
 chunks committed, chunk errors, the chunk latency histogram) are kept in Redis by the
 workers.

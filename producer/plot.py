@@ -1,6 +1,7 @@
 """`producer plot`: per-frame traces of one statistic, one line per region, as a PNG.
 
-matplotlib (Agg backend, no display needed) and h5py are imported only here.
+matplotlib (Agg backend, no display needed) is imported only here; the output is read
+with ``framestats.result.Result``.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from framestats.errors import InputError, OptionError
+from framestats.errors import OptionError
 
 #: Regions named in the legend; more are drawn but not labelled.
 MAX_LEGEND = 12
@@ -21,38 +22,22 @@ def default_png(output: str, stat: str) -> str:
 
 def plot(
     output: str,
-    stat: str = "mean",
+    stat: str | None = None,
     png: str | None = None,
     regions: Sequence[int] | None = None,
     dpi: int = 120,
 ) -> str:
-    """Draw ``/results/<stat>`` of a job's output against the frame index; returns the PNG path."""
-    import h5py
-    import numpy as np
+    """Draw ``/results/<stat>`` of a job's output against the frame index; returns the PNG
+    path. No ``stat``: ``mean``, or the first statistic the file has."""
+    from framestats.result import Result
 
-    if not os.path.exists(output):
-        raise InputError(f"output file not found: {output}")
-    try:
-        with h5py.File(output, "r") as f:
-            results = f.get("results")
-            if results is None:
-                raise InputError(f"{output} has no /results group (not a framestats output)")
-            if stat not in results:
-                have = ",".join(k for k in results if k not in ("pixel_count", "frame_index"))
-                raise OptionError(f"statistic {stat} is not in {output}; it has {have}")
-            values = np.asarray(results[stat][()], dtype=np.float64)
-            frames = (
-                np.asarray(results["frame_index"][()])
-                if "frame_index" in results
-                else np.arange(values.shape[0])
-            )
-            counts = np.asarray(results["pixel_count"][()]) if "pixel_count" in results else None
-            job_id = f.attrs.get("job_id", "")
-            source = f.attrs.get("input_file", "")
-    except OSError as exc:
-        raise InputError(f"cannot read {output}: {exc}") from exc
-    if values.ndim == 1:
-        values = values[:, None]
+    res = Result(output)
+    stat = stat or res.default_stat()
+    values = res[stat]  # StatisticNotFound names the statistics the file has
+    frames = res.frame_index
+    counts = res.pixel_count
+    job_id = res.job_id or ""
+    source = res.attrs.get("input_file", "")
     k = values.shape[1]
     chosen = list(regions) if regions else list(range(1, k + 1))
     bad = [r for r in chosen if not 1 <= r <= k]
@@ -68,7 +53,7 @@ def plot(
     try:
         for r in chosen:
             label = f"region {r}"
-            if counts is not None:
+            if counts.size:
                 label += f" ({int(counts[r - 1])} px)"
             ax.plot(
                 frames, values[:, r - 1], lw=0.8, label=label if len(chosen) <= MAX_LEGEND else None

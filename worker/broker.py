@@ -1,6 +1,6 @@
 """The Celery application's configuration, in one place.
 
-Workers build their app here (the producer publishes with ``producer.wire`` and
+Workers build their app here (the producer publishes with ``framestats.wire`` and
 builds none). Importing this module does not import torch.
 """
 
@@ -10,21 +10,45 @@ import os
 import ssl
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import quote
 
 from celery import Celery
 
-from framestats.connection import canonical_url
+from framestats.connection import canonical_url, is_sentinel, sentinel_parts, unix_url
 from framestats.constants import DEFAULT_QUEUE
 from framestats.errors import ConfigError
 from framestats.settings import Settings
 
 
+def broker_url(url: str) -> tuple[str, dict[str, Any]]:
+    """The broker URL in kombu's spelling, and the transport options it implies.
+
+    ``REDIS_URL`` takes the forms redis-py and kombu both take: ``unix:///path`` (redis-py)
+    is kombu's ``redis+socket:///path``; a ``sentinel://`` URL's ``?master_name=`` is
+    kombu's ``master_name`` transport option (``&sentinel_password=``: the sentinels').
+    """
+    lower = url.lower()
+    if lower.startswith("unix://"):
+        return unix_url(url, "redis+socket", "virtual_host"), {}
+    if is_sentinel(url):
+        parts = sentinel_parts(url)
+        options: dict[str, Any] = {"master_name": parts.master_name}
+        if parts.sentinel_password is not None:
+            options["sentinel_kwargs"] = {"password": parts.sentinel_password}
+        # kombu reads the database of the first sentinel's URL only: name it on each.
+        auth = f":{quote(parts.password, safe='')}@" if parts.password is not None else ""
+        hosts = [f"sentinel://{auth}{host}:{port}/{parts.db}" for host, port in parts.sentinels]
+        return ";".join(hosts), options
+    return url, {}
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings: JSON only, late acks, bounded prefetch, fast redelivery."""
+    # Every form REDIS_URL takes (REDIS://, ?password=, a raw '/' in the password) as kombu
+    # reads it: the password the user meant, not a piece of it as a host name.
+    url, transport_options = broker_url(canonical_url(settings.redis_url))
     return {
-        # Every form REDIS_URL takes (REDIS://, ?password=, a raw '/' in the password) as
-        # kombu reads it: the password the user meant, not a piece of it as a host name.
-        "broker_url": canonical_url(settings.redis_url),
+        "broker_url": url,
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": 5,
         # visibility_timeout: a message taken by a worker that died is handed out again
@@ -36,6 +60,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "unacked_restore_interval": settings.restore_interval,
             "unacked_restore_throttle": 1,
             "socket_connect_timeout": 5,
+            **transport_options,
         },
         "task_serializer": "json",
         "result_serializer": "json",

@@ -64,6 +64,9 @@ def cli(
         level=loglevel.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     settings = Settings.from_env()
+    from framestats.inputs.reach import check_environment
+
+    check_environment(settings.data_root)  # HDF5 must look only where DATA_ROOT is checked
     if not settings.data_root:
         click.echo(
             "warning: DATA_ROOT is unset; this worker will open any path a message names", err=True
@@ -87,7 +90,7 @@ def cli(
     if device == "cuda" and gpus == 0:
         raise click.UsageError("--device cuda given but no CUDA device is visible")
     if gpus == 0 or device == "cpu":
-        n = concurrency or os.cpu_count() or 1
+        n = concurrency or launch.usable_cores()
         sys.exit(launch.run_node(n, queue_list, launch.node_name(name), loglevel, "cpu"))
     if gpus == 1:
         sys.exit(
@@ -113,10 +116,10 @@ def cli(
         if name:
             argv += ["--name", name]
         # Each GPU's process decodes Bitshuffle chunks on its share of the cores.
-        threads = os.environ.get("FRAMESTATS_DECODE_THREADS") or str(
-            max(1, (os.cpu_count() or 1) // gpus)
-        )
-        commands.append((argv, {"FRAMESTATS_DECODE_THREADS": threads}))
+        threads = settings.decode_threads
+        if threads is None:
+            threads = max(1, launch.usable_cores() // gpus)
+        commands.append((argv, {"FRAMESTATS_DECODE_THREADS": str(threads)}))
     sys.exit(launch.supervise(commands))
 
 

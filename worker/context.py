@@ -6,19 +6,21 @@ mask is loaded and moved to the device once per job per process.
 
 from __future__ import annotations
 
-import os
+import io
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from framestats.chunkfile import ChunkResult
 from framestats.constants import MASK_NAME
 from framestats.errors import PermanentChunkError
+from framestats.jobdir import JobFolder, load_job
 from framestats.messages import ChunkTask, JobSpec
-from framestats.paths import check_allowed
+from framestats.settings import Settings
 
-from .reader import FrameReader
+from .read import FrameReader
 from .valuerange import ValueRange, fit_regions
 
 #: Jobs kept warm per process; older ones are closed.
@@ -31,6 +33,9 @@ class JobContext:
     labels: np.ndarray
     reader: FrameReader
     device: str
+    #: The job folder as this process opened it (commits go there, whatever replaces it);
+    #: None for a computation that commits nothing (benchmarks).
+    folder: JobFolder | None = None
     _reducer: Any = field(default=None, repr=False)
     #: ``--valid-range`` / detector saturation: out-of-range pixels count as NaN.
     value_range: ValueRange | None = field(default=None, repr=False)
@@ -50,7 +55,7 @@ class JobContext:
     @property
     def reducer(self) -> Any:
         if self._reducer is None:
-            from .kernel import MaskedReducer  # torch is imported on first use only
+            from .reduce import MaskedReducer  # torch is imported on first use only
 
             self._reducer = MaskedReducer(self.labels, self.spec.stats, device=self.device)
         return self._reducer
@@ -67,8 +72,23 @@ class JobContext:
                 out[s][pos - start : pos - start + len(block)] = values[s]
         return out
 
+    def result(self, index: int, heartbeat: Any) -> ChunkResult:
+        """Chunk ``index`` computed, with who computed it where."""
+        start, stop = self.spec.boundaries[index], self.spec.boundaries[index + 1]
+        values = self.compute(start, stop)
+        meta = {"worker": heartbeat.id, "device": heartbeat.device, "decode": self.decode_path}
+        return ChunkResult(index, start, stop, values, meta)
+
+    @property
+    def decode_path(self) -> str:
+        """How this process decodes the job's chunks: device, host or hdf5 (``+``-joined
+        when the job's datasets differ)."""
+        return self.reader.decode_path or "hdf5"
+
     def close(self) -> None:
         self.reader.close()
+        if self.folder is not None:
+            self.folder.close()
         self._reducer = None
         if self.value_range is not None:
             self.value_range.close()
@@ -77,8 +97,9 @@ class JobContext:
 class JobCache:
     """LRU of job contexts, keyed by job id."""
 
-    def __init__(self, data_root: tuple[str, ...], device: str) -> None:
-        self.data_root = data_root
+    def __init__(self, settings: Settings, device: str) -> None:
+        self.settings = settings
+        self.data_root = settings.data_root
         self.device = device
         self._jobs: OrderedDict[str, JobContext] = OrderedDict()
 
@@ -95,30 +116,22 @@ class JobCache:
         return ctx
 
     def load(self, manifest: str, job_id: str) -> JobContext:
-        spec = load_spec(manifest, job_id, self.data_root)
-        labels = np.load(os.path.join(spec.workdir, MASK_NAME), allow_pickle=False)
-        if labels.shape != tuple(spec.frame_shape):
-            raise PermanentChunkError(f"mask copy in {spec.workdir} does not match the job")
-        reader = FrameReader.for_device(spec, self.data_root, self.device)
-        return JobContext(spec=spec, labels=labels, reader=reader, device=self.device)
+        spec, folder = load_job(manifest, job_id, self.data_root)
+        try:
+            labels = np.load(io.BytesIO(folder.read(MASK_NAME)), allow_pickle=False)
+            if labels.shape != tuple(spec.frame_shape):
+                raise PermanentChunkError(f"mask copy in {spec.workdir} does not match the job")
+            # A valid range is applied to host arrays: such a job decodes on the host.
+            off = "off" if ValueRange.from_spec(spec) is not None else None
+            reader = FrameReader.for_device(spec, self.settings, self.device, gpu_decode=off)
+        except BaseException:
+            folder.close()
+            raise
+        return JobContext(
+            spec=spec, folder=folder, labels=labels, reader=reader, device=self.device
+        )
 
     def drop(self, job_id: str) -> None:
         ctx = self._jobs.pop(job_id, None)
         if ctx is not None:
             ctx.close()
-
-
-def load_spec(manifest: str, job_id: str, data_root: tuple[str, ...]) -> JobSpec:
-    """The job's manifest, refusing any path outside DATA_ROOT (messages may be forged)."""
-    check_allowed(manifest, data_root)
-    try:
-        spec = JobSpec.load(manifest)
-    except FileNotFoundError as exc:
-        raise PermanentChunkError(f"job manifest not found: {manifest}") from exc
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise PermanentChunkError(f"job manifest unreadable: {manifest}: {exc}") from exc
-    if spec.job_id != job_id:
-        raise PermanentChunkError(f"manifest {manifest} belongs to job {spec.job_id}, not {job_id}")
-    for path in [spec.output, spec.workdir, *(s.path for s in spec.segments)]:
-        check_allowed(path, data_root)
-    return spec

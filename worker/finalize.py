@@ -1,53 +1,52 @@
-"""Finalize: every committed chunk of a job assembled into its output file, atomically.
+"""Finalize: every committed chunk of a job assembled into its output file.
 
-The output is written under a temporary name inside the job folder, fsynced and renamed
-into place: the output path never holds a partial file.
+The output is written chunk by chunk (memory bounded by one chunk's results) into a
+temporary file inside the job folder, then renamed into place by ``publish`` only if
+the finalizer still holds the job's finalize lock and the job was not cancelled: the
+output path never holds a partial file, and a finalizer paused past its lock never
+replaces what another wrote.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import h5py
 import numpy as np
 
-from framestats import __version__
-from framestats.chunkfile import is_committed, read_chunk, write_atomic
+from framestats import __version__, jobs
+from framestats.chunkfile import ChunkFileInvalid, ChunkResult, read_chunk
 from framestats.constants import MASK_NAME
+from framestats.jobdir import JobFolder, open_dir
 from framestats.messages import JobSpec
 
+from . import output
+from .periodic import Periodic
 
-def finalize(spec: JobSpec, finished: float | None = None) -> dict[str, Any]:
-    """Assemble every committed chunk into the output file, atomically; returns a summary.
+log = logging.getLogger("framestats.worker")
 
-    Raises FileNotFoundError naming the first missing chunk when the job is incomplete.
-    """
-    missing = [i for i in range(spec.n_chunks) if not is_committed(spec.workdir, i)]
-    if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} chunk results missing (first: chunk {missing[0]}) in {spec.workdir}"
-        )
-    labels = np.load(os.path.join(spec.workdir, MASK_NAME), allow_pickle=False)
-    counts = np.bincount(labels.ravel(), minlength=spec.n_regions + 1)[1:].astype(np.int64)
-    out = {s: np.empty((spec.n_frames, spec.n_regions), dtype=np.float64) for s in spec.stats}
-    devices: set[str] = set()
-    workers: set[str] = set()
-    started = spec.created
-    for i in range(spec.n_chunks):
-        chunk = read_chunk(spec.workdir, i)
-        if (chunk.start, chunk.stop) != (spec.boundaries[i], spec.boundaries[i + 1]):
-            raise ValueError(f"chunk {i} covers frames {chunk.start}-{chunk.stop}, expected others")
-        for s in spec.stats:
-            out[s][chunk.start : chunk.stop] = chunk.stats[s]
-        devices.add(str(chunk.meta.get("device", "?")))
-        workers.add(str(chunk.meta.get("worker", "?")))
-    frame_index = np.concatenate([seg.frame_index() for seg in spec.segments])
-    end = finished if finished is not None else time.time()
-    attrs = {
+#: Computes chunk ``index`` again (its file was missing, another job's or damaged).
+Recompute = Callable[[int], ChunkResult]
+
+
+@dataclass
+class Written:
+    """An output file written under a temporary name in the job folder."""
+
+    tmp: str
+    recomputed: tuple[int, ...]
+
+
+def _attrs(spec: JobSpec, started: float, end: float) -> dict[str, Any]:
+    return {
         "job_id": spec.job_id,
         "input_files": json.dumps(list(spec.inputs) or [s.to_json() for s in spec.segments]),
         "input_file": spec.segments[0].path,
@@ -67,28 +66,92 @@ def finalize(spec: JobSpec, finished: float | None = None) -> dict[str, Any]:
         "producer_version": spec.version,
         "start_time": _iso(started),
         "end_time": _iso(end),
-        "devices": ",".join(sorted(devices)),
-        "workers": ",".join(sorted(workers)),
     }
 
-    def write(tmp: str) -> None:
-        with h5py.File(tmp, "w") as f:
-            grp = f.create_group("results")
-            for s in spec.stats:
-                grp.create_dataset(s, data=out[s])
-            grp.create_dataset("pixel_count", data=counts)
-            grp.create_dataset("frame_index", data=frame_index)
-            grp.attrs["statistics"] = ",".join(spec.stats)
-            for k, v in attrs.items():
-                f.attrs[k] = v
 
-    write_atomic(spec.output, write, tmp_dir=spec.workdir)
-    return {"output": spec.output, "frames": spec.n_frames, "regions": spec.n_regions}
+def _chunk(
+    folder: JobFolder, spec: JobSpec, index: int, recompute: Recompute
+) -> tuple[ChunkResult, bool]:
+    """Chunk ``index``'s result, computed again when its file is not a whole one of this job."""
+    try:
+        return read_chunk(folder, spec, index), False
+    except (FileNotFoundError, ChunkFileInvalid) as exc:
+        log.warning("job %s: chunk %d is computed again: %s", spec.job_id, index, exc)
+    return recompute(index), True
 
 
-def cleanup(spec: JobSpec) -> None:
-    """Remove the job folder once the output is in place."""
-    shutil.rmtree(spec.workdir, ignore_errors=True)
+def write(spec: JobSpec, folder: JobFolder, recompute: Recompute) -> Written:
+    """Write the output into a temporary file of the job folder; returns its name."""
+    labels = np.load(io.BytesIO(folder.read(MASK_NAME)), allow_pickle=False)
+    counts = np.bincount(labels.ravel(), minlength=spec.n_regions + 1)[1:].astype(np.int64)
+    frame_index = np.concatenate([seg.frame_index() for seg in spec.segments])
+    devices: set[str] = set()
+    workers: set[str] = set()
+    again: list[int] = []
+    tmp, fd = folder.new_tmp(os.path.basename(spec.output))
+    try:
+        # The descriptor's /proc name: HDF5 opens exactly this file, whatever the folder.
+        with h5py.File(f"/proc/self/fd/{fd}", "w") as f:
+            datasets = output.create(
+                f, spec, _attrs(spec, spec.created, time.time()), counts, frame_index
+            )
+            for i in range(spec.n_chunks):
+                chunk, recomputed = _chunk(folder, spec, i, recompute)
+                if recomputed:
+                    again.append(i)
+                for s in spec.stats:
+                    datasets[s][chunk.start : chunk.stop] = chunk.stats[s]
+                decode = chunk.meta.get("decode")
+                devices.add(
+                    str(chunk.meta.get("device", "?")) + (f" decode={decode}" if decode else "")
+                )
+                workers.add(str(chunk.meta.get("worker", "?")))
+            f.attrs["devices"] = ",".join(sorted(devices))
+            f.attrs["workers"] = ",".join(sorted(workers))
+        os.fsync(fd)
+    except BaseException:
+        folder.unlink(tmp)
+        raise
+    finally:
+        os.close(fd)
+    return Written(tmp, tuple(again))
+
+
+def publish(spec: JobSpec, folder: JobFolder, written: Written, roots: tuple[str, ...]) -> None:
+    """Rename the written output into place."""
+    out_dir = open_dir(os.path.dirname(spec.output), roots, "output folder")
+    try:
+        folder.publish(written.tmp, out_dir, os.path.basename(spec.output))
+    finally:
+        os.close(out_dir)
+
+
+def cleanup(spec: JobSpec, folder: JobFolder) -> None:
+    """Remove the job folder once the output is in place, if it is still this job's
+    folder (a new submit may have replaced it)."""
+    try:
+        same = os.stat(spec.workdir, follow_symlinks=False).st_ino == os.fstat(folder.fd).st_ino
+    except OSError:
+        return
+    if same:
+        shutil.rmtree(spec.workdir, ignore_errors=True)
+
+
+class LockKeeper:
+    """Renews the finalize lock while the output is written."""
+
+    def __init__(self, client: Any, job_id: str, token: str, ttl: float) -> None:
+        def renew() -> bool:  # False once the lock is another's: the publish gate refuses
+            return jobs.renew_finalize(client, job_id, token, ttl)
+
+        self._renewal = Periodic(f"finalize lock of job {job_id}", ttl / 3, renew)
+
+    def __enter__(self) -> LockKeeper:
+        self._renewal.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._renewal.stop(wait=5)
 
 
 def _iso(t: float) -> str:

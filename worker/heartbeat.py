@@ -17,6 +17,8 @@ import redis
 
 from framestats import constants as C
 
+from .periodic import Periodic
+
 
 class Heartbeat:
     """One worker process's record: identity, device, counters, current chunk."""
@@ -32,8 +34,7 @@ class Heartbeat:
         self.device = device
         self.timeout = timeout
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic: Periodic | None = None
         self.fields: dict[str, Any] = {
             "id": self.id,
             "node": node,
@@ -84,18 +85,13 @@ class Heartbeat:
             self.fields["busy_seconds"] += seconds
 
     def start(self, interval: float) -> None:
-        """Beat every ``interval`` seconds from a daemon thread."""
-
-        def loop() -> None:
-            while not self._stop.wait(interval):
-                self.beat()
-
+        """Beat now, then every ``interval`` seconds."""
         self.beat()
-        self._thread = threading.Thread(target=loop, name="heartbeat", daemon=True)
-        self._thread.start()
+        self._periodic = Periodic("heartbeat", interval, self.beat).start()
 
     def stop(self) -> None:
-        self._stop.set()
+        if self._periodic is not None:
+            self._periodic.stop()
         try:
             pipe = self.client.pipeline(transaction=False)
             pipe.delete(C.worker_key(self.id))

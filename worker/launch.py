@@ -20,6 +20,15 @@ from collections.abc import Sequence
 log = logging.getLogger("framestats.worker")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity: a Slurm job's or a container's
+    share of the machine, not all of its cores)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def count_gpus() -> int:
     """Visible CUDA devices, counted without initialising CUDA in this process."""
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
@@ -66,10 +75,11 @@ def celery_argv(concurrency: int, queues: Sequence[str], name: str, loglevel: st
 
 def run_node(concurrency: int, queues: Sequence[str], name: str, loglevel: str, device: str) -> int:
     """Run one Celery worker node in this process until warm shutdown."""
-    os.environ["FRAMESTATS_DEVICE"] = device
-    os.environ["FRAMESTATS_NODE"] = name
+    from . import runtime
     from .app import app
     from .broker import check_safe
+
+    runtime.NODE.update(name=name, device=device)  # the pool's processes inherit it
 
     check_safe(app)
     app.worker_main(argv=celery_argv(concurrency, queues, name, loglevel))

@@ -28,15 +28,16 @@ progressed for as long (it is waiting its turn, and its messages are many to rea
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from framestats import connection, monitor, retention, wire
 from framestats import constants as C
+from framestats import monitor, retention, wire
 from framestats.messages import JobSpec
+
+from .periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -120,16 +121,16 @@ def _short_queues(client: Any, active: list[_Job], queues: set[str]) -> set[str]
         pipe.llen(C.job_pending_key(job.job_id))
     names = sorted(queues)
     for queue in names:
-        for key in monitor.queue_keys(queue):
+        for key in wire.queue_keys(queue):
             pipe.llen(key)
-    pipe.hvals(monitor.UNACKED_KEY)
+    pipe.hvals(wire.UNACKED_KEY)
     replies = pipe.execute()
     need: dict[str, int] = dict.fromkeys(names, 0)
     for k, job in enumerate(on):
         done, pending = int(replies[2 * k]), int(replies[2 * k + 1])
         need[job.queue] += max(0, job.n_chunks - done - pending) + _finalize_due(job, done)
-    held = monitor.reserved_by_queue(replies[-1])
-    steps = len(monitor.PRIORITY_STEPS)
+    held = wire.reserved_by_queue(replies[-1])
+    steps = len(wire.PRIORITY_STEPS)
     lens = replies[2 * len(on) : -1]
     have = {q: sum(lens[i * steps : (i + 1) * steps]) + held.get(q, 0) for i, q in enumerate(names)}
     return {q for q in names if have[q] < need[q]}
@@ -190,9 +191,9 @@ def sweep(
         pipe.lrange(C.job_pending_key(job.job_id), 0, -1)
         pipe.hgetall(C.job_missing_key(job.job_id))
     for queue in queues:
-        for key in monitor.queue_keys(queue):
+        for key in wire.queue_keys(queue):
             pipe.lrange(key, 0, -1)
-    pipe.hvals(monitor.UNACKED_KEY)
+    pipe.hvals(wire.UNACKED_KEY)
     replies = pipe.execute()
     n = 3 * len(jobs_)
     present = _where(raw for reply in replies[n:] for raw in reply)
@@ -247,14 +248,14 @@ def _remember(
 
 
 class Sweeper:
-    """Runs ``sweep`` from a daemon thread; one process of the cluster per interval."""
+    """Runs ``sweep`` every interval; one process of the cluster per interval."""
 
     def __init__(self, client: Any, owner: str, interval: float, load_spec: Any) -> None:
         self.client = client
         self.owner = owner
         self.interval = interval
         self.load_spec = load_spec
-        self._stop = threading.Event()
+        self._periodic = Periodic("lost-message sweep", interval, self._round)
         self._trimmed = -float("inf")
 
     def once(self) -> list[Requeued]:
@@ -266,17 +267,11 @@ class Sweeper:
             retention.trim_index(self.client)
         return sweep(self.client, self.load_spec, self.interval)
 
-    def start(self) -> None:
-        def loop() -> None:
-            while not self._stop.wait(self.interval):
-                try:
-                    self.once()
-                except connection.redis_error():
-                    pass  # Redis away: the next round tries again
-                except Exception:  # a bug here must not stop the worker's chunks
-                    log.exception("lost-message sweep failed")
+    def _round(self) -> None:
+        self.once()
 
-        threading.Thread(target=loop, name="sweep", daemon=True).start()
+    def start(self) -> None:
+        self._periodic.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._periodic.stop()

@@ -1,38 +1,40 @@
 """kombu's Redis transport, with one fix that keeps a worker alive when Redis goes away,
-and one that spares a worker node's parent a third of its work per task.
+and one that spares a worker node's parent much of its work per task.
 
 When the broker connection drops, Celery 5.7 collects the connection (which detaches
 the transport from it) and then closes it. Closing the consumer's channel tries to
 give its unacknowledged messages back to Redis, and building a client for that reads
 the detached transport's connection settings: ``AttributeError: 'NoneType' object has
 no attribute 'hostname'``. That is not a connection error, so nothing ignores it: the
-worker logs "Unrecoverable error" and exits instead of reconnecting (seen in the fault
-test that restarts Redis mid-job, with kombu 5.7.0 / celery 5.7.0).
+worker logs "Unrecoverable error" and exits instead of reconnecting (the fault test
+that restarts Redis mid-job shows it).
 
 Here the same moment raises a connection error, which the close path ignores as it
 ignores every other error of a broker that is gone. The messages stay in kombu's
 ``unacked`` hash and come back after the visibility timeout, as they would after a
 worker crash; Redis was unreachable anyway. ``use()`` (called by
-``producer.broker.make_app``) makes kombu load this class for ``redis://`` and
-``rediss://`` URLs, so URLs, logs and banners read as before.
+``worker.broker.make_app``) makes kombu load these classes for ``redis://``,
+``rediss://`` and ``sentinel://`` URLs, so URLs, logs and banners read as before.
 
 kombu also builds a new redis-py client object (a thin wrapper around the channel's
-connection pool) for every acknowledgement and every event it publishes: ~0.1 ms of
-Python each, most of it the client's table of reply parsers. A worker node's parent
-does this two to three times per task; under py-spy it was a third of the parent's
-samples in ``python -m bench.overhead``. Here the channel keeps one client per pool
-and builds a new one only when the pool is replaced (after a reconnection). A client
-holds no connection itself (each command takes one from the pool and gives it back),
-so sharing it between commands is what redis-py does with any client.
+connection pool) for every acknowledgement and every event it publishes, a large part
+of a worker node's parent's work per task (``python -m bench.overhead``). Here the
+channel keeps one client per pool and builds a new one only when the pool is replaced
+(after a reconnection). A client holds no connection itself (each command takes one
+from the pool and gives it back), so sharing it is what redis-py does with any client.
 
 And kombu's own writes (recording a message it hands to a task, acknowledging,
-rejecting and restoring messages) survive a Redis that refuses writes (OOM, MISCONF,
-READONLY; see ``worker.refusals``). kombu 5.7 lets the error out of the consumer's
-event loop and the whole worker stops. Here the bookkeeping goes on in memory, one line
-says why, and Redis catches up: a message not recorded as taken is found by the
-lost-message sweep; an acknowledgement refused is sent again with the next one that
-Redis takes (until then the message waits in ``unacked``: kombu would hand it out again
-after the visibility timeout, and a chunk computed twice is committed once).
+rejecting and restoring messages, BRPOP, queue bindings) survive a Redis that refuses
+writes (OOM, MISCONF, READONLY; see ``worker.refusals``); kombu would let the error out
+of the consumer's event loop and the whole worker would stop. Here the bookkeeping goes
+on in memory, one line says why, and Redis catches up: a message not recorded as taken
+is found by the lost-message sweep; an acknowledgement refused is sent again with the
+next one that Redis takes (until then the message waits in ``unacked``: kombu would hand
+it out again after the visibility timeout, and a chunk computed twice is committed once).
+
+This is the one module that depends on kombu's private methods; pyproject.toml pins
+the versions it was tested with, and tests/integration/test_transport.py fails when the
+methods change.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from queue import Empty
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from kombu.transport import redis as kombu_redis
@@ -125,7 +127,15 @@ class QoS(kombu_redis.QoS):
             self._refused(exc, "unacknowledged messages wait for the visibility timeout")
 
 
-class Channel(kombu_redis.Channel):
+if TYPE_CHECKING:  # what the changes are mixed into: kombu's plain or Sentinel channel
+    _Channel = kombu_redis.Channel
+else:
+    _Channel = object
+
+
+class _Fixes(_Channel):
+    """The changes, for kombu's plain and Sentinel channels alike."""
+
     QoS = QoS
     _shared_client: Any = None
     #: Seconds the consumer pauses after Redis refused a BRPOP (a write: it pops), so
@@ -180,14 +190,31 @@ class Channel(kombu_redis.Channel):
         return super()._connparams(asynchronous=asynchronous)
 
 
+class Channel(_Fixes, kombu_redis.Channel):
+    pass
+
+
+class SentinelChannel(_Fixes, kombu_redis.SentinelChannel):
+    pass
+
+
 class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
+
+
+#: URL scheme -> the transport class kombu loads for it.
+_TRANSPORTS = {"redis": "Transport", "rediss": "Transport", "sentinel": "SentinelTransport"}
+
+
 def use() -> None:
-    """Load this transport for redis:// and rediss:// URLs (kombu's alias table)."""
+    """Load these transports for redis://, rediss:// and sentinel:// URLs (kombu's alias
+    table; ``redis+socket://`` is the redis transport too)."""
     from kombu import transport
 
-    for scheme in ("redis", "rediss"):
-        transport.TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"
+    for scheme, name in _TRANSPORTS.items():
+        transport.TRANSPORT_ALIASES[scheme] = f"{__name__}:{name}"
         getattr(transport, "_transport_cache", {}).pop(scheme, None)  # resolved before

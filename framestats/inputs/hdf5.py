@@ -5,8 +5,6 @@ Every failure is an InputError with one line that names the file and the problem
 
 from __future__ import annotations
 
-import ctypes
-import importlib.util
 import os
 import sys
 from collections.abc import Callable
@@ -17,7 +15,8 @@ import h5py
 import numpy as np
 
 from ..constants import NEXUS_DATASET
-from ..errors import InputError
+from ..errors import InputError, PathNotAllowed
+from .reach import check_reach, open_dataset
 
 T = TypeVar("T")
 
@@ -98,67 +97,12 @@ def filter_names(dset: h5py.Dataset) -> tuple[str, ...]:
     return tuple(names)
 
 
-#: The library hdf5plugin ships for each filter id: ``plugins/libh5<name>.so`` in its folder.
-PLUGIN_LIBRARIES = {
-    307: "bzip2",
-    32001: "blosc",
-    32004: "lz4",
-    32008: "bshuf",
-    32013: "zfp",
-    32015: "zstd",
-    32017: "sz",
-    32018: "fcidecomp",
-    32024: "sz3",
-    32026: "blosc2",
-    32028: "sperr",
-    32033: "htj2k",
-}
-
-#: Filter libraries loaded by ``register_filter`` (kept referenced: HDF5 calls into them).
-_plugin_libraries: dict[int, ctypes.CDLL] = {}
-
-
-def register_filter(code: int) -> bool:
-    """Register hdf5plugin's library for filter ``code`` alone, without importing hdf5plugin.
-
-    Importing hdf5plugin loads all twelve of its libraries (17 ms of a Bitshuffle-LZ4
-    submit, against ~1 ms for the one it needs). This does for one library what
-    hdf5plugin does for each: ``init_filter`` with h5py's HDF5, then ``H5Zregister`` of
-    its ``H5PLget_plugin_info``. Returns whether the filter is available afterwards;
-    False (another platform, hdf5plugin absent or without that library, any failure)
-    leaves the caller to try ``register_filters``.
-    """
-    name = PLUGIN_LIBRARIES.get(code)
-    if name is None or not sys.platform.startswith("linux"):
-        return False
-    try:
-        spec = importlib.util.find_spec("hdf5plugin")
-        folders = list(spec.submodule_search_locations or []) if spec is not None else []
-        if not folders:
-            return False
-        lib = ctypes.CDLL(os.path.join(folders[0], "plugins", f"libh5{name}.so"))
-        init = getattr(lib, "init_filter", None)
-        if init is not None:
-            init.argtypes = [ctypes.c_char_p]
-            init.restype = ctypes.c_int
-            if init(os.fsencode(h5py.h5z.__file__)) < 0:
-                return False
-        info = lib.H5PLget_plugin_info
-        info.restype = ctypes.c_void_p
-        h5py.h5z.register_filter(info())
-    except (ImportError, OSError, AttributeError, ValueError, RuntimeError):
-        return False
-    _plugin_libraries[code] = lib
-    return bool(h5py.h5z.filter_avail(code))
-
-
 def register_filters() -> bool:
-    """Register all of hdf5plugin's filters (Bitshuffle-LZ4, LZ4, Zstd, Blosc, ...) with HDF5.
+    """Register hdf5plugin's filters (Bitshuffle-LZ4, LZ4, Zstd, Blosc, ...) with HDF5.
 
-    Importing hdf5plugin loads a dozen filter libraries (~20 ms of every command), so
-    the producer does it only when a dataset needs a filter HDF5 lacks and
-    ``register_filter`` could not load that one alone. Returns whether this call
-    registered them (False: they already were).
+    Importing hdf5plugin loads a dozen filter libraries, so the producer does it only
+    when a dataset needs a filter HDF5 lacks. Returns whether this call registered them
+    (False: they already were).
     """
     if "hdf5plugin" in sys.modules:
         return False
@@ -186,7 +130,7 @@ def missing_filters(dset: h5py.Dataset) -> list[str]:
     for i in range(plist.get_nfilters()):
         code, _flags, _values, raw_name = plist.get_filter(i)
         if not h5py.h5z.filter_avail(code) and not (
-            register_filter(code) or (register_filters() and h5py.h5z.filter_avail(code))
+            register_filters() and h5py.h5z.filter_avail(code)
         ):
             name = FILTER_NAMES.get(code) or raw_name.decode(errors="replace") or "unknown"
             missing.append(f"{name} (HDF5 filter id {code})")
@@ -216,24 +160,49 @@ def list_datasets(f: h5py.File) -> list[h5py.Dataset]:
     return found
 
 
-def choose_dataset(f: h5py.File, path: str, name: str | None) -> h5py.Dataset:
-    """The dataset named by ``--dataset``, else /entry/data/data, else the only 3-D one."""
+def choose_dataset(
+    f: h5py.File, path: str, name: str | None, roots: tuple[str, ...] = ()
+) -> h5py.Dataset:
+    """The dataset named by ``--dataset``, else /entry/data/data, else the only 3-D one;
+    with ``roots``, every file it reaches is checked before it is opened. Opened as the
+    workers open it (``reach.open_dataset``)."""
     if name:
+        if roots:
+            check_reach(path, name, roots)
         obj = f.get(name)
         if obj is None:
             raise InputError(f"dataset {name} not found in {path}")
         if not isinstance(obj, h5py.Dataset):
             raise InputError(f"{name} in {path} is a group, not a dataset")
-        return obj
-    if isinstance(f.get(NEXUS_DATASET), h5py.Dataset):
-        return f[NEXUS_DATASET]
-    cubes = [d for d in list_datasets(f) if d.ndim == 3]
-    if not cubes:
-        raise InputError(f"no 3-D dataset in {path}; name one with --dataset")
-    if len(cubes) > 1:
-        names = ", ".join(d.name for d in cubes)
-        raise InputError(f"several 3-D datasets in {path} ({names}); choose one with --dataset")
-    return cubes[0]
+        del obj  # HDF5 opens a dataset with one set of access properties at a time
+        chosen = name
+    elif _reachable(path, NEXUS_DATASET, roots) and isinstance(f.get(NEXUS_DATASET), h5py.Dataset):
+        chosen = NEXUS_DATASET
+    else:
+        cubes = [d.name for d in list_datasets(f) if d.ndim == 3]
+        if not cubes:
+            raise InputError(f"no 3-D dataset in {path}; name one with --dataset")
+        if len(cubes) > 1:
+            names = ", ".join(cubes)
+            raise InputError(f"several 3-D datasets in {path} ({names}); choose one with --dataset")
+        chosen = cubes[0]
+        if roots:
+            check_reach(path, chosen, roots)
+    return open_dataset(f, chosen)
+
+
+def _reachable(path: str, name: str, roots: tuple[str, ...]) -> bool:
+    """Whether ``name`` can be read within ``roots`` (PathNotAllowed when it leads out;
+    False when it is missing or dangles)."""
+    if not roots:
+        return True
+    try:
+        check_reach(path, name, roots)
+    except PathNotAllowed:
+        raise
+    except InputError:
+        return False
+    return True
 
 
 def check_frames_dataset(dset: h5py.Dataset, path: str) -> None:

@@ -8,6 +8,7 @@ the job folder, so workers never reinterpret user files.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -124,6 +125,8 @@ class LoadedMask:
     sha256: str
     #: "file" (sha256 of the file's bytes) or "array" (of the dataset's C-order bytes).
     sha256_of: str
+    #: "file", or "array" for a mask passed as an array and kept in the job folder.
+    given_as: str = "file"
 
     @property
     def path(self) -> str:
@@ -139,6 +142,8 @@ class LoadedMask:
             "dtype": self.array.dtype.str,
             "shape": list(self.array.shape),
         }
+        if self.given_as != "file":
+            out["given_as"] = self.given_as
         out.update(extra)
         return out
 
@@ -151,6 +156,48 @@ class BuiltMask:
     n_regions: int
     main: LoadedMask
     records: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class ArrayMask:
+    """A mask passed as an array (the Python API), kept in the job folder as ``file``.
+
+    ``npy`` is the array as a ``.npy`` file: hashed now as file masks are, written by
+    submit once every check has passed.
+    """
+
+    array: np.ndarray
+    file: str
+    npy: bytes
+    #: How messages name it ("array", "exclude array 1", ...).
+    name: str = "array"
+
+    @classmethod
+    def of(cls, array: Any, file: str, name: str = "array") -> ArrayMask:
+        array = np.asarray(array)
+        if array.dtype.kind not in "buif":
+            raise MaskError(f"mask {name} has dtype {array.dtype}; expected bool or integer labels")
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        return cls(array, os.path.abspath(file), buffer.getvalue(), name)
+
+
+def keep_arrays(
+    folder: str, mask: Any, exclude: tuple[Any, ...]
+) -> tuple[str | ArrayMask, tuple[str | ArrayMask, ...]]:
+    """``mask`` and ``exclude`` with every array among them an ArrayMask kept in ``folder``."""
+    from ..constants import ARRAY_MASK_NAME
+
+    def kept(item: Any, role: str, name: str) -> str | ArrayMask:
+        if isinstance(item, str | ArrayMask):
+            return item
+        if isinstance(item, os.PathLike):
+            return os.fspath(item)
+        return ArrayMask.of(item, os.path.join(folder, ARRAY_MASK_NAME.format(role=role)), name)
+
+    return kept(mask, "regions", "array"), tuple(
+        kept(item, f"exclude-{i}", f"exclude array {i}") for i, item in enumerate(exclude, 1)
+    )
 
 
 def sha256_array(array: np.ndarray) -> str:
@@ -167,8 +214,11 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
-def load(spec: str) -> LoadedMask:
-    """A mask from ``.npy``, an HDF5 dataset (``FILE.h5:/path``), ``.tif`` or ``.png``."""
+def load(spec: str | ArrayMask) -> LoadedMask:
+    """A mask from ``.npy``, an HDF5 dataset (``FILE.h5:/path``), ``.tif``, ``.png`` or an array."""
+    if isinstance(spec, ArrayMask):
+        digest = hashlib.sha256(spec.npy).hexdigest()
+        return LoadedMask(spec.array, spec.name, spec.file, None, digest, "file", "array")
     file, dataset = split_spec(spec)
     if not os.path.exists(file):
         raise MaskError(f"mask file not found: {file}")
@@ -300,11 +350,11 @@ def _check_shape(array: np.ndarray, frame_shape: tuple[int, int], source: str) -
 
 
 def build(
-    spec: str,
+    spec: str | ArrayMask,
     frame_shape: tuple[int, int],
     convention: str = "labels",
     invert: bool = False,
-    exclude: tuple[str, ...] = (),
+    exclude: tuple[str | ArrayMask, ...] = (),
     detector: tuple[tuple[str, str], ...] = (),
     max_regions: int = INT32_MAX,
 ) -> BuiltMask:
@@ -320,6 +370,7 @@ def build(
             f"--mask-convention {convention!r} is unknown; choose from {', '.join(CONVENTIONS)}"
         )
     main = load(spec)
+    spec = main.spec  # how messages name it
     if convention == "nexus":
         labels = (~bad_pixels(main.array, spec)).astype(np.int32)
     else:
@@ -346,11 +397,11 @@ def build(
     in_regions = labels > 0
     removed = np.zeros(frame_shape, dtype=bool)
 
-    def remove(where: str, role: str) -> None:
+    def remove(where: str | ArrayMask, role: str) -> None:
         """Exclude the bad pixels of mask ``where`` and record them."""
         loaded = load(where)
-        bad = bad_pixels(loaded.array, where)
-        _check_shape(bad, frame_shape, where)
+        bad = bad_pixels(loaded.array, loaded.spec)
+        _check_shape(bad, frame_shape, loaded.spec)
         records.append(
             loaded.record(
                 role=role,

@@ -25,8 +25,10 @@ import h5py
 
 from ..errors import InputError, OptionError
 from ..messages import Segment
+from ..paths import check_allowed
 from . import eiger as nexus
 from .hdf5 import DatasetInfo, check_frames_dataset, choose_dataset, describe, open_h5
+from .reach import check_reach, open_dataset
 
 #: Characters that make an input path a glob pattern (when no such file exists).
 WILDCARDS = "*?["
@@ -139,13 +141,19 @@ def expand_paths(paths: Sequence[str]) -> list[str]:
     return out
 
 
-def resolve_inputs(paths: Sequence[str], dataset: str | None) -> Resolved:
-    """Resolve every input (globs, master files, virtual datasets); InputError on any problem."""
+def resolve_inputs(
+    paths: Sequence[str], dataset: str | None, roots: tuple[str, ...] = ()
+) -> Resolved:
+    """Resolve every input (globs, master files, virtual datasets); InputError on any
+    problem. With ``roots`` (DATA_ROOT), every file that reading a dataset would open is
+    checked before any of it is read (``reach.check_reach``)."""
     files = expand_paths(paths)
     sources: list[Source] = []
     detectors: list[nexus.DetectorMeta] = []
     for path in files:
-        found, meta = _resolve_file(path, dataset)
+        if roots:
+            check_allowed(path, roots)
+        found, meta = _resolve_file(path, dataset, roots)
         sources.extend(found)
         if meta is not None:
             detectors.append(meta)
@@ -172,13 +180,15 @@ def resolve(paths: Sequence[str], dataset: str | None) -> list[Source]:
     return list(resolve_inputs(paths, dataset).sources)
 
 
-def _resolve_file(path: str, dataset: str | None) -> tuple[list[Source], nexus.DetectorMeta | None]:
+def _resolve_file(
+    path: str, dataset: str | None, roots: tuple[str, ...]
+) -> tuple[list[Source], nexus.DetectorMeta | None]:
     with open_h5(path) as f:
         meta = nexus.detector_meta(f, path)
         links = nexus.data_links(f, path) if dataset is None else []
         if links:
-            return [_linked_source(path, link) for link in links], meta
-        dset = choose_dataset(f, path, dataset)
+            return [_linked_source(path, link, roots) for link in links], meta
+        dset = choose_dataset(f, path, dataset, roots)
         real_path = path
         if os.path.abspath(dset.file.filename) != os.path.abspath(path):
             # Reached through an external link: read the file that holds the frames.
@@ -194,8 +204,10 @@ def _resolve_file(path: str, dataset: str | None) -> tuple[list[Source], nexus.D
     return [Source(seg, info, origin=path, kind=kind, virtual_sources=vsources)], meta
 
 
-def _linked_source(master: str, link: nexus.DataLink) -> Source:
+def _linked_source(master: str, link: nexus.DataLink, roots: tuple[str, ...]) -> Source:
     where = f"linked from {master}:{nexus.DATA_GROUP}/{link.name}"
+    if roots:
+        check_reach(master, f"{nexus.DATA_GROUP}/{link.name}", roots)
     if link.external and not os.path.exists(link.file):
         raise InputError(f"data file not found: {link.file} ({where})")
     try:
@@ -208,6 +220,8 @@ def _linked_source(master: str, link: nexus.DataLink) -> Source:
             raise InputError(f"dataset {link.dataset} not found in {link.file} ({where})")
         if not isinstance(obj, h5py.Dataset):
             raise InputError(f"{link.dataset} in {link.file} is not a dataset ({where})")
+        del obj  # opened again as the workers open it
+        obj = open_dataset(f, link.dataset)
         try:
             check_frames_dataset(obj, link.file)
         except InputError as exc:

@@ -27,10 +27,9 @@ import redis
 
 from framestats import constants as C
 from framestats import jobs
-from framestats.chunkfile import read_chunk
 from framestats.messages import JobState
 from framestats.settings import Settings
-from framestats.wire import read_task
+from framestats.wire import UNACKED_KEY, read_task
 from tests.faults.util import (
     N_FRAMES,
     Job,
@@ -48,9 +47,9 @@ from tests.faults.util import (
     start_ready,
     wait_pid_gone,
     wait_rerun,
-    wait_until,
     workers,
 )
+from tests.support.wait import wait_until
 from tests.support.workers import run_producer
 
 #: Settings the fault tests shorten; the production-bound test leaves them at their defaults.
@@ -288,7 +287,7 @@ def test_sigterm_mid_chunk_finishes_it(
         assert first.proc.wait(60) == 0, full_log(first)
         # Warm shutdown: the running chunk was finished (by this worker) before it exited.
         assert index in job.committed()
-        meta = read_chunk(job.workdir, index).meta
+        meta = job.chunk_meta(index)
         assert meta["worker"].startswith(first.name + "@")
         assert "state" in job.data() and job.state() == "running"
         second = start_ready(fault_redis.url(), str(tmp_path), queue, **worker_env)
@@ -313,7 +312,7 @@ def test_kill_during_finalize(
             job = submit_job(output)
             # Wait for the finalizer's temporary output file, then kill it mid-write.
             deadline = time.monotonic() + 90
-            while not any(n.startswith("out.h5.tmp-") for n in listdir(job.workdir)):
+            while not any(n.startswith(".out.h5.tmp-") for n in listdir(job.workdir)):
                 assert time.monotonic() < deadline, job.data()
                 assert not os.path.exists(output), "finalize finished before it could be killed"
             os.kill(pid, signal.SIGKILL)  # concurrency 1: the only pool process finalizes
@@ -361,7 +360,12 @@ def test_chunk_that_crashes_its_worker_every_time(
         # such a copy is counted, skipped and acknowledged, so the count settles.)
         delivered = job.deliveries()[target]
         assert delivered >= 4
-        time.sleep(3)
+
+        def settled() -> bool:  # no message of the job queued or held: no delivery to come
+            held = [m for m in fault_client.hvals(UNACKED_KEY) if job.job_id in m]
+            return fault_client.llen(queue) == 0 and not held
+
+        wait_until(settled, 60, "no message of the job left anywhere")
         assert job.deliveries()[target] <= delivered + 1
         assert fault_client.llen(queue) == 0
         assert not os.path.exists(job.output)

@@ -15,7 +15,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -35,8 +34,9 @@ from tests.faults.util import (
     full_log,
     make_tls,
     submit,
-    wait_until,
 )
+from tests.support.jobfiles import forge_job_folder, load_manifest
+from tests.support.wait import wait_until
 from tests.support.workers import WorkerProcess, run_producer, start_worker, stored_keys
 from worker.broker import make_app
 
@@ -118,10 +118,8 @@ def test_worker_refuses_to_start_when_pickle_is_accepted(fault_redis, tmp_path, 
     else:
         celery = os.path.join(os.path.dirname(sys.executable), "celery")
         argv = [celery, "-A", "worker.app:app", "worker", "-c", "1", "-Q", "q-none"]
-    t0 = time.monotonic()
     res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2, res.stdout + res.stderr
-    assert time.monotonic() - t0 < 30
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "only JSON is allowed" in errors[0], res.stderr
     assert "pickle" in errors[0]
@@ -174,7 +172,7 @@ def test_forged_messages_outside_data_root_are_refused(
             fault_redis.url(), fault_client, data, mask, fault_data.output("j.h5"), idle,
             env={"DATA_ROOT": fault_root},
         )  # fmt: skip
-        return job, JobSpec.load(os.path.join(job.workdir, "manifest.json"))
+        return job, load_manifest(os.path.join(job.workdir, "manifest.json"))
 
     trap = os.path.join(outside, "manifest.json")
     input_trap = os.path.join(outside, "frames.h5")
@@ -198,26 +196,22 @@ def test_forged_messages_outside_data_root_are_refused(
     envelope["body"] = base64.b64encode(json.dumps(body).encode()).decode()
     envelope["properties"]["delivery_info"]["routing_key"] = guarded_worker.queue
     fault_client.lpush(guarded_worker.queue, json.dumps(envelope))
-    expected.append((job, dotdot))
+    expected.append((job, os.path.dirname(dotdot)))  # the job folder it names is refused
     # 2. A symbolic link inside DATA_ROOT that points out of it.
     job, spec = idle_job()
     send(spec, os.path.join(link, "manifest.json"))
-    expected.append((job, os.path.join(link, "manifest.json")))
-    # 3. A manifest inside DATA_ROOT whose output lies outside.
+    expected.append((job, link))
+    # 3. A job folder inside DATA_ROOT whose manifest's output lies outside.
     job, spec = idle_job()
     stolen = os.path.join(outside, "stolen.h5")
-    forged = os.path.join(os.path.dirname(spec.output), "forged-output.json")
-    with open(forged, "w") as fh:
-        fh.write(replace(spec, output=stolen).dumps())
-    send(spec, forged)
+    place = os.path.join(os.path.dirname(spec.output), "forged-output.h5.parts")
+    send(spec, forge_job_folder(spec, place, output=stolen))
     expected.append((job, stolen))
-    # 4. A manifest inside DATA_ROOT whose input lies outside.
+    # 4. A job folder inside DATA_ROOT whose manifest's input lies outside.
     job, spec = idle_job()
-    forged = os.path.join(os.path.dirname(spec.output), "forged-input.json")
+    place = os.path.join(os.path.dirname(spec.output), "forged-input.h5.parts")
     segments = (replace(spec.segments[0], path=input_trap),)
-    with open(forged, "w") as fh:
-        fh.write(replace(spec, segments=segments).dumps())
-    send(spec, forged)
+    send(spec, forge_job_folder(spec, place, segments=segments))
     expected.append((job, input_trap))
 
     for job, path in expected:
@@ -323,8 +317,10 @@ def test_password_never_in_logs_status_or_provenance(small, fault_root, tmp_path
             elif kind == "string":
                 texts.append(str(client.get(key)))
         # Redis goes away and comes back: the worker logs its reconnection attempts.
+        before = full_log(worker).count("Connected to redis")
         server.restart_empty()
-        time.sleep(3)
+        wait_until(lambda: full_log(worker).count("Connected to redis") > before, 60,
+                   "the worker reconnecting")  # fmt: skip
     finally:
         worker.stop()
         client.close()
@@ -403,7 +399,7 @@ def test_hdf5_links_out_of_data_root_are_refused(
         fault_redis.url(), fault_client, data, mask, fault_data.output("j.h5"),
         "q-idle-" + uuid.uuid4().hex[:8], env={"DATA_ROOT": fault_root},
     )  # fmt: skip
-    spec = JobSpec.load(os.path.join(job.workdir, "manifest.json"))
+    spec = load_manifest(os.path.join(job.workdir, "manifest.json"))
     target = os.path.join(outside, "secret.h5")
     frames = detector_frames(16, 16, 16, seed=9)
     with h5py.File(target, "w") as f:
@@ -420,9 +416,8 @@ def test_hdf5_links_out_of_data_root_are_refused(
             layout = h5py.VirtualLayout(shape=frames.shape, dtype=frames.dtype)
             layout[:] = h5py.VirtualSource(target, "/entry/data/data", shape=frames.shape)
             f.create_virtual_dataset("/entry/data/data", layout)
-    forged = os.path.join(os.path.dirname(spec.output), f"forged-{kind}.json")
-    with open(forged, "w") as fh:
-        fh.write(replace(spec, segments=(replace(spec.segments[0], path=linked),)).dumps())
+    place = os.path.join(os.path.dirname(spec.output), f"forged-{kind}.h5.parts")
+    forged = forge_job_folder(spec, place, segments=(replace(spec.segments[0], path=linked),))
     app = make_app(Settings.from_env({"REDIS_URL": fault_redis.url()}))
     payload = {**spec.chunk(0).to_json(), "manifest": forged}
     app.send_task(TASK_REDUCE, args=[payload], queue=guarded_worker.queue)

@@ -7,16 +7,17 @@ and is stopped by its pid or process group, never by name.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import h5py
 import numpy as np
@@ -24,8 +25,9 @@ import redis
 
 from framestats import constants as C
 from framestats import jobs
-from framestats.paths import chunk_index, chunk_path
-from tests.support.workers import WorkerProcess, run_producer, start_worker
+from framestats.chunkfile import chunk_index
+from tests.support.jobfiles import chunk_file, chunk_meta
+from tests.support.workers import WorkerProcess, free_port, run_producer, start_worker
 
 #: The job every fault test runs: gzip frames, so a chunk takes long enough to be
 #: killed in the middle; all six statistics over 32 regions.
@@ -42,8 +44,15 @@ def job_args(*extra: str) -> tuple[str, ...]:
     return ("--stats", STATS, "--chunk-frames", str(TASK_FRAMES), *extra)
 
 
-#: Attributes that differ between two runs of the same job by design.
-RUN_SPECIFIC_ATTRS = frozenset({"job_id", "start_time", "end_time", "workers"})
+#: Attributes that differ between two runs of the same job by design (the NeXus root's
+#: file_name and file_time: the output's name and end time).
+RUN_SPECIFIC_ATTRS = frozenset(
+    {"job_id", "start_time", "end_time", "workers", "file_name", "file_time"}
+)
+#: NeXus fields that hold the run's times; and its provenance (the root attributes as
+#: JSON), compared without the run-specific ones (worker/output.py).
+RUN_SPECIFIC_DATASETS = frozenset({"entry/start_time", "entry/end_time", "entry/process/date"})
+PROVENANCE_NOTE = "entry/process/configuration/data"
 
 #: Worker settings for fault tests: fast redelivery so the suite stays cheap. The
 #: production bound (45 s + 5 s) is measured by test_production_redelivery_bound.
@@ -55,13 +64,6 @@ FAULT_ENV = {
     "FRAMESTATS_MAX_RETRIES": "1",
     "FRAMESTATS_RETRY_BACKOFF": "0.2",
 }
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,11 @@ class PrivateRedis:
     """A ``redis-server`` of the test's own: another port, no persistence, stopped by pid."""
 
     def __init__(
-        self, folder: str, password: str | None = None, tls: TLSFiles | None = None
+        self,
+        folder: str,
+        password: str | None = None,
+        tls: TLSFiles | None = None,
+        extra: tuple[str, ...] = (),
     ) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
@@ -106,13 +112,15 @@ class PrivateRedis:
         self.folder = folder
         self.password = password
         self.tls = tls
+        #: More redis-server arguments (a unix socket, --sentinel with its config file).
+        self.extra = extra
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         os.makedirs(folder, exist_ok=True)
 
     def url(self, db: int = 0, ca: str | None = None) -> str:
         """The server's URL; with TLS, ``rediss://`` trusting ``ca`` (default: its CA)."""
-        auth = f":{self.password}@" if self.password else ""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
         if self.tls is None:
             return f"redis://{auth}127.0.0.1:{self.port}/{db}"
         ca = self.tls.ca if ca is None else ca
@@ -140,6 +148,7 @@ class PrivateRedis:
         ]
         if self.password:
             argv += ["--requirepass", self.password]
+        argv += list(self.extra)
         if self.tls is not None:
             argv[1:3] = ["--port", "0", "--tls-port", str(self.port)]
             argv += [
@@ -207,13 +216,17 @@ class Output:
 
 def read_output(path: str) -> Output:
     datasets: dict[str, np.ndarray] = {}
+
+    def walk(group: h5py.Group, prefix: str) -> None:
+        # Every name, hard links included (visititems names a linked dataset only once).
+        for key, obj in group.items():
+            if isinstance(obj, h5py.Group):
+                walk(obj, f"{prefix}{key}/")
+            else:
+                datasets[prefix + key] = np.asarray(obj[()])  # strings too
+
     with h5py.File(path, "r") as f:
-
-        def visit(name: str, obj: Any) -> None:
-            if isinstance(obj, h5py.Dataset):
-                datasets[name] = obj[()]
-
-        f.visititems(visit)
+        walk(f, "")
         attrs = {k: f.attrs[k] for k in f.attrs}
     return Output(datasets, attrs)
 
@@ -224,6 +237,15 @@ def assert_identical(path: str, reference: Output) -> None:
     assert sorted(got.datasets) == sorted(reference.datasets)
     for name, ref in reference.datasets.items():
         arr = got.datasets[name]
+        if name in RUN_SPECIFIC_DATASETS:
+            continue
+        if name == PROVENANCE_NOTE:
+            mine, theirs = (
+                {k: v for k, v in json.loads(a.item()).items() if k not in RUN_SPECIFIC_ATTRS}
+                for a in (arr, ref)
+            )
+            assert mine == theirs, "the provenance differs from the fault-free run's"
+            continue
         assert arr.dtype == ref.dtype and arr.shape == ref.shape, name
         assert arr.tobytes() == ref.tobytes(), f"{name} differs from the fault-free run"
     keys = set(reference.attrs) - RUN_SPECIFIC_ATTRS
@@ -257,6 +279,9 @@ class Job:
             return {i for i in map(chunk_index, os.listdir(folder)) if i is not None}
         except FileNotFoundError:
             return set()
+
+    def chunk_meta(self, index: int) -> dict[str, Any]:
+        return chunk_meta(self.workdir, index)
 
     def deliveries(self) -> dict[int, int]:
         """Chunk index -> deliveries so far; once the job has ended (its attempts hash
@@ -343,7 +368,7 @@ def kill_mid_chunk(
         for pid, index in running_chunks(client, worker, job.job_id).items():
             if skip(index) or not owned_by(pid, worker):
                 continue
-            if os.path.exists(chunk_path(job.workdir, index)):
+            if os.path.exists(chunk_file(job.workdir, index)):
                 continue
             os.kill(pid, sig)
             return pid, index
@@ -447,12 +472,12 @@ def kill_whole_worker(
         running = {
             index
             for pid, index in running_chunks(client, worker, job.job_id).items()
-            if owned_by(pid, worker) and not os.path.exists(chunk_path(job.workdir, index))
+            if owned_by(pid, worker) and not os.path.exists(chunk_file(job.workdir, index))
         }
         if running:
             worker.kill()
             killed_at = time.monotonic()
-            lost = {i for i in running if not os.path.exists(chunk_path(job.workdir, i))}
+            lost = {i for i in running if not os.path.exists(chunk_file(job.workdir, i))}
             seen = job.deliveries()
             return {i: seen.get(i, 0) for i in lost}, killed_at
         time.sleep(0.01)
@@ -483,18 +508,10 @@ def find_mid_chunk(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for pid, index in running_chunks(client, worker, job.job_id).items():
-            if owned_by(pid, worker) and not os.path.exists(chunk_path(job.workdir, index)):
+            if owned_by(pid, worker) and not os.path.exists(chunk_file(job.workdir, index)):
                 return pid, index
         time.sleep(0.01)
     raise TimeoutError(f"no chunk of job {job.job_id} seen running:\n{worker.log()}")
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not seen within {timeout} s: {what}")
-        time.sleep(0.02)
 
 
 def pool_pids(client: redis.Redis, worker: WorkerProcess) -> list[int]:

@@ -1,4 +1,5 @@
-"""See and steer the queue: status, watch, workers, cancel, resume, inspect, plot, metrics.
+"""See the queue: status, watch, workers, inspect, plot, metrics (cancel and resume:
+tests/integration/test_control.py).
 
 Real Redis, real worker subprocesses, the real ``producer`` CLI; every value shown is
 checked against the job's true state (plan, committed chunk files, worker processes).
@@ -15,7 +16,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import h5py
@@ -25,73 +26,21 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from framestats import connection, jobs, monitor
 from framestats import constants as C
-from framestats.paths import chunk_index
 from producer.metrics import FramestatsCollector
 from producer.samples import detector_frames, write_stack
-from tests.support.workers import FAST_ENV, WorkerProcess, run_producer, start_worker
+from tests.support.cli import (
+    as_json,
+    new_queue,
+    ok,
+    submit,
+    worker_rows,
+)
+from tests.support.wait import wait_until
+from tests.support.workers import FAST_ENV, run_producer, start_worker
 
 pytestmark = pytest.mark.integration
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def ok(res: subprocess.CompletedProcess[str], *logs: WorkerProcess) -> str:
-    assert res.returncode == 0, res.stdout + res.stderr + "".join(w.log() for w in logs)
-    return res.stdout
-
-
-def as_json(redis_url: str, *args: str) -> Any:
-    return json.loads(ok(run_producer(redis_url, *args, "--json")))
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def submit(redis_url: str, data: str, mask: str, out: str, queue: str, *extra: str, **env: Any):
-    res = run_producer(
-        redis_url,
-        "submit",
-        data,
-        "--mask",
-        mask,
-        "--output",
-        out,
-        "--queue",
-        queue,
-        *extra,
-        env=env,
-    )
-    return ok(res).strip().splitlines()[0]
-
-
-def drained(depth: dict[str, int]) -> bool:
-    """No message of the queue waits or is reserved."""
-    return depth["waiting"] == 0 and depth["reserved"] == 0
-
-
-def committed_files(out: str) -> set[str]:
-    folder = os.path.join(out + C.WORKDIR_SUFFIX, C.CHUNKS_DIR)
-    return (
-        {n for n in os.listdir(folder) if chunk_index(n) is not None}
-        if os.path.isdir(folder)
-        else set()
-    )
-
-
-def worker_rows(redis_url: str, worker: WorkerProcess) -> list[dict[str, Any]]:
-    rows = as_json(redis_url, "workers")["workers"]
-    return [w for w in rows if w["name"].startswith(worker.name + "@")]
-
-
-def new_queue() -> str:
-    return f"q-mon-{uuid.uuid4().hex[:8]}"
 
 
 # --- one job followed from queued to done ------------------------------------------------
@@ -142,7 +91,7 @@ def flow(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
         ok(res, worker)
         snap["done_job"] = as_json(redis_url, "status", job_id)
         # The finalize task is acknowledged just after it marks the job done.
-        snap["done_all"] = wait_for(
+        snap["done_all"] = wait_until(
             lambda: (v := as_json(redis_url, "status"))["queues"][queue]["reserved"] == 0 and v,
             10,
             "the finalize task's acknowledgement",
@@ -228,7 +177,7 @@ def test_workers_show_heartbeats_counters_and_throughput(flow, redis_url):
     worker = flow["worker"]
     client = connection.connect(redis_url)
     pids = set(worker.pids(client))
-    rows = wait_for(
+    rows = wait_until(
         lambda: (
             (r := worker_rows(redis_url, worker)) and sum(w["chunks_done"] for w in r) == 10 and r
         ),
@@ -330,7 +279,7 @@ def test_metrics_collector_and_endpoint(flow, redis_url):
             except OSError:
                 return None
 
-        text = wait_for(scrape, 20, "the metrics endpoint", interval=0.2)
+        text = wait_until(scrape, 20, "the metrics endpoint", interval=0.2)
         check_metrics(parse(text), flow, client)
     finally:
         proc.send_signal(signal.SIGINT)
@@ -389,164 +338,8 @@ def test_watch_ctrl_c_leaves_the_job_running(flow, redis_url, tmp_path):
     assert jobs.state(connection.connect(redis_url), job_id) in ("queued", "running")
     assert "keeps running" in err and "Traceback" not in err
     client = connection.connect(redis_url)
-    wait_for(lambda: jobs.state(client, job_id) == "done", 60, "the job to finish unwatched")
+    wait_until(lambda: jobs.state(client, job_id) == "done", 60, "the job to finish unwatched")
     assert os.path.exists(out)
-
-
-# --- cancel ------------------------------------------------------------------------------
-
-
-def test_cancel_computes_no_queued_chunk(redis_url, tmp_path):
-    frames = detector_frames(100, 8, 8, seed=4)
-    data = write_stack(str(tmp_path / "in.h5"), frames, form="gzip", chunk_frames=1)
-    np.save(tmp_path / "m.npy", np.ones((8, 8), bool))
-    out = str(tmp_path / "out.h5")
-    queue = new_queue()
-    job_id = submit(
-        redis_url, data, str(tmp_path / "m.npy"), out, queue, "--chunk-frames", "1"
-    )  # no worker consumes this queue yet: 64 tasks wait, 36 are pending
-    assert as_json(redis_url, "status")["queues"][queue]["waiting"] == 64
-    res = ok(run_producer(redis_url, "cancel", job_id))
-    assert f"cancelled {job_id}" in res
-    job = as_json(redis_url, "status", job_id)
-    assert job["state"] == "cancelled" and job["reason"] == "cancelled by user"
-    assert job["chunks_pending"] == 0
-
-    worker = start_worker(redis_url, str(tmp_path), queue=queue, concurrency=1)
-    client = connection.connect(redis_url)
-    try:
-        worker.wait_ready(client)
-        wait_for(
-            lambda: drained(as_json(redis_url, "status")["queues"][queue]),
-            60,
-            "the cancelled job's tasks to be taken off the queue",
-            interval=0.3,
-        )
-        rows = wait_for(lambda: worker_rows(redis_url, worker), 10, "the worker's heartbeat")
-        assert sum(w["chunks_done"] for w in rows) == 0, "no chunk was computed"
-        assert committed_files(out) == set()
-        job = as_json(redis_url, "status", job_id)
-        assert job["state"] == "cancelled"
-        assert job["chunks_done"] == job["frames_done"] == 0
-        # Every delivered task was skipped, and brought back no per-chunk hash of the
-        # ended job (docs/guarantees.md, retention).
-        assert not client.exists(C.job_attempts_key(job_id), C.job_successors_key(job_id))
-        assert not os.path.exists(out)
-        ok(run_producer(redis_url, "cancel", job_id))  # cancelling again is harmless
-        assert as_json(redis_url, "status", job_id)["state"] == "cancelled"
-    finally:
-        worker.stop()
-
-
-def test_cancel_while_running_lets_only_running_chunks_finish(redis_url, tmp_path):
-    frames = detector_frames(300, 32, 32, seed=6)
-    data = write_stack(str(tmp_path / "in.h5"), frames, form="gzip", chunk_frames=1)
-    np.save(tmp_path / "m.npy", np.ones((32, 32), bool))
-    out = str(tmp_path / "out.h5")
-    queue = new_queue()
-    worker = start_worker(redis_url, str(tmp_path), queue=queue, concurrency=2)
-    client = connection.connect(redis_url)
-    try:
-        worker.wait_ready(client, processes=2)
-        job_id = submit(redis_url, data, str(tmp_path / "m.npy"), out, queue, "--chunk-frames", "1")
-        wait_for(lambda: jobs.chunks_done(client, job_id) >= 5, 60, "5 chunks", interval=0.02)
-        ok(run_producer(redis_url, "cancel", job_id))
-        at_cancel = committed_files(out)
-        wait_for(
-            lambda: drained(as_json(redis_url, "status")["queues"][queue]),
-            60,
-            "the queue to drain",
-            interval=0.3,
-        )
-        time.sleep(0.5)
-        after = committed_files(out)
-        assert len(at_cancel) < 300
-        assert len(after - at_cancel) <= 2, "only the two running chunks may finish"
-        job = as_json(redis_url, "status", job_id)
-        assert job["state"] == "cancelled" and job["chunks_done"] == len(after)
-        assert not os.path.exists(out)
-    finally:
-        worker.stop()
-
-
-# --- resume ------------------------------------------------------------------------------
-
-
-def read_results(path: str) -> dict[str, bytes]:
-    with h5py.File(path, "r") as f:
-        return {k: f["results"][k][()].tobytes() for k in f["results"]}
-
-
-def test_resume_after_losing_all_redis_keys_matches_an_uninterrupted_run(
-    redis_url, tmp_path, redis_client
-):
-    frames = detector_frames(200, 32, 32, seed=9).astype(np.float32)
-    frames[3, 2, 2] = np.nan
-    data = write_stack(str(tmp_path / "in.h5"), frames, form="bslz4", chunk_frames=1)
-    np.save(tmp_path / "m.npy", (np.arange(32 * 32).reshape(32, 32) % 5).astype(np.int32))
-    mask = str(tmp_path / "m.npy")
-    queue = new_queue()
-    stats = ("--stats", "sum,mean,min,max,std", "--chunk-frames", "1")
-    ref, out = str(tmp_path / "ref.h5"), str(tmp_path / "out.h5")
-    client = connection.connect(redis_url)
-
-    first = start_worker(redis_url, str(tmp_path), queue=queue, concurrency=1)
-    try:
-        first.wait_ready(client)
-        ok(
-            run_producer(
-                redis_url,
-                "submit",
-                data,
-                "--mask",
-                mask,
-                "-o",
-                ref,
-                "--queue",
-                queue,
-                *stats,
-                "--wait",
-            ),
-            first,
-        )
-        job_id = submit(redis_url, data, mask, out, queue, *stats)
-        wait_for(lambda: jobs.chunks_done(client, job_id) >= 10, 60, "10 chunks", interval=0.02)
-    finally:
-        first.stop()
-    done_before = committed_files(out)
-    assert 10 <= len(done_before) < 200, "the job was interrupted part way"
-
-    # Redis loses every key of the job.
-    jobs.delete(client, job_id)
-    for key in redis_client.scan_iter(f"{C.KEY_PREFIX}job:{job_id}*"):
-        redis_client.delete(key)
-    assert not redis_client.keys(f"*{job_id}*")
-    lost = as_json(redis_url, "status", out)
-    assert lost["id"] == job_id and lost["state"] == "unknown"
-    assert lost["chunks_done"] == len(done_before) and lost["chunks_total"] == 200
-
-    res = run_producer(redis_url, "resume", out)
-    ok(res)
-    assert res.stdout.strip() == job_id
-    assert f"resumed: {200 - len(done_before)} of 200 chunks queued again" in res.stderr
-    job = as_json(redis_url, "status", job_id)
-    assert job["state"] == "queued" and job["chunks_done"] == len(done_before)
-    second = start_worker(redis_url, str(tmp_path), queue=queue, concurrency=1)
-    try:
-        second.wait_ready(client)
-        ok(run_producer(redis_url, "watch", out), second)
-    finally:
-        second.stop()
-    job = as_json(redis_url, "status", job_id)
-    assert job["state"] == "done" and job["frames_done"] == 200
-    # Only frames computed after the resume count towards its rate.
-    assert job["frames_per_s"] > 0
-    a, b = read_results(ref), read_results(out)
-    assert (
-        a.keys() == b.keys() == {"sum", "mean", "min", "max", "std", "pixel_count", "frame_index"}
-    )
-    for key in a:
-        assert a[key] == b[key], f"{key} differs from the uninterrupted run"
 
 
 # --- workers leave the list --------------------------------------------------------------
@@ -562,17 +355,17 @@ def test_killed_worker_leaves_the_list_after_the_timeout(redis_url, tmp_path):
         assert [w["pid"] for w in rows] == [pid] and rows[0]["current"] == ""
         worker.kill()  # SIGKILL: no chance to deregister
         killed = time.monotonic()
-        wait_for(lambda: not worker_rows(redis_url, worker), 20, "the killed worker to leave")
+        wait_until(lambda: not worker_rows(redis_url, worker), 20, "the killed worker to leave")
         gone_after = time.monotonic() - killed
         assert gone_after <= float(FAST_ENV["FRAMESTATS_WORKER_TIMEOUT"]) + 3
     finally:
         worker.stop()
 
 
-# --- status stays fast -------------------------------------------------------------------
+# --- many jobs -------------------------------------------------------------------
 
 
-def test_status_is_fast_with_300_jobs(redis_url, redis_client):
+def test_status_of_300_jobs_lists_them_all_newest_first(redis_url, redis_client):
     prefix = f"perf{uuid.uuid4().hex[:6]}"
     now = time.time()
     pipe = redis_client.pipeline(transaction=False)
@@ -600,24 +393,14 @@ def test_status_is_fast_with_300_jobs(redis_url, redis_client):
         pipe.zadd(C.JOBS_INDEX, {job_id: now - 300 + i})
     pipe.execute()
     try:
-        t0 = time.perf_counter()
         view = monitor.overview(connection.connect(redis_url), 30.0, limit=None)
-        in_process = time.perf_counter() - t0
-        assert in_process < 0.5, in_process
         assert view["jobs_total"] >= 300 and len(view["jobs"]) >= 300
-        t0 = time.perf_counter()
-        res = run_producer(redis_url, "status", "--json", "--limit", "1000")
-        whole_command = time.perf_counter() - t0
-        doc = json.loads(ok(res))
+        doc = json.loads(ok(run_producer(redis_url, "status", "--json", "--limit", "1000")))
         rows = [r for r in doc["jobs"] if r["id"].startswith(prefix)]
         assert [r["id"] for r in rows] == ids[::-1]  # newest first
         assert [r["chunks_done"] for r in rows] == [i % 50 + 1 for i in range(300)][::-1]
         assert [r["frames_done"] for r in rows] == list(range(300))[::-1]
         assert {f"perfq{i}" for i in range(7)} <= set(doc["queues"])  # unfinished jobs' queues
-        print(
-            f"status: {in_process * 1000:.0f} ms in process, {whole_command * 1000:.0f} ms command"
-        )
-        assert whole_command < 3.0  # the interpreter's start dominates; see docs/monitoring.md
     finally:
         for job_id in ids:
             jobs.delete(redis_client, job_id)
@@ -625,7 +408,7 @@ def test_status_is_fast_with_300_jobs(redis_url, redis_client):
 
 def test_monitoring_commands_stay_import_light():
     code = (
-        "import sys, producer.cli, producer.monitor, producer.jobs, producer.metrics; "
+        "import sys, producer.cli, framestats.monitor, framestats.jobs, producer.metrics; "
         "print(sorted(m for m in ('numpy', 'h5py', 'celery', 'torch', 'matplotlib') "
         "if m in sys.modules))"
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 
 import h5py
 import numpy as np
@@ -12,35 +11,12 @@ import pytest
 
 from framestats import constants as C
 from producer.samples import detector_frames, write_stack
-from tests.support.layouts import write_legacy_chunk
-from tests.support.reference import reference
+from tests.support.reference import check_against_reference, read_output
 from tests.support.workers import WorkerProcess, run_producer, start_worker
 
 pytestmark = pytest.mark.integration
 
 ALL = ("sum", "mean", "count", "min", "max", "std")
-
-
-def read_output(path: str) -> dict[str, np.ndarray]:
-    with h5py.File(path, "r") as f:
-        return {k: f["results"][k][()] for k in f["results"]}
-
-
-def check_against_reference(
-    out: dict[str, np.ndarray], frames: np.ndarray, labels: np.ndarray, stats: tuple[str, ...]
-) -> None:
-    ref = reference(frames, labels, stats)
-    for s in stats:
-        if frames.dtype.kind in "ui" and s in ("sum", "count", "min", "max"):
-            np.testing.assert_array_equal(out[s], ref[s], err_msg=s)
-        else:
-            np.testing.assert_allclose(
-                out[s], ref[s], rtol=1e-12, atol=0, equal_nan=True, err_msg=s
-            )
-    k = int(labels.max())
-    np.testing.assert_array_equal(
-        out["pixel_count"], np.bincount(labels.ravel(), minlength=k + 1)[1:]
-    )
 
 
 CASES = [
@@ -165,42 +141,3 @@ def test_two_processes_give_identical_output(
     for worker_id, frames_share in share.items():
         beat = redis_client.hgetall(C.worker_key(worker_id))
         assert beat["current"] == "" and int(beat["frames_done"]) >= int(frames_share), beat
-
-
-def test_job_begun_before_an_upgrade_finishes(tmp_path, redis_url):
-    """Chunks an earlier version committed (``.npz``) are not computed again: the worker
-    records them, finalize reads them next to the new ``.chunk`` files, and the output
-    equals numpy's (the old chunks' worker name shows in the provenance)."""
-    from framestats import connection
-
-    frames = detector_frames(24, 16, 16, seed=11)
-    data = write_stack(str(tmp_path / "in.h5"), frames, form="bslz4", chunk_frames=2)
-    labels = (np.arange(16 * 16).reshape(16, 16) % 3).astype(np.int32)  # regions 1, 2
-    np.save(tmp_path / "m.npy", labels)
-    out_path = str(tmp_path / "out.h5")
-    queue = f"q-upgrade-{uuid.uuid4().hex[:8]}"  # no worker takes it until the end
-    res = run_producer(
-        redis_url, "submit", data, "--mask", str(tmp_path / "m.npy"), "--output", out_path,
-        "--stats", "sum,max", "--chunk-frames", "6", "--queue", queue,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    ref = reference(frames, labels, ("sum", "max"))
-    workdir = out_path + C.WORKDIR_SUFFIX
-    meta = {"worker": "old-version@host:1", "device": "cpu"}
-    for index in (0, 2):  # as the earlier version wrote them
-        a, b = 6 * index, 6 * index + 6
-        write_legacy_chunk(workdir, index, a, b, {s: ref[s][a:b] for s in ("sum", "max")}, meta)
-    job_id = res.stdout.split()[0]
-    worker = start_worker(redis_url, str(tmp_path), queue=queue)
-    client = connection.connect(redis_url)
-    try:
-        worker.wait_ready(client)
-        res = run_producer(redis_url, "watch", job_id)
-        assert res.returncode == 0, res.stderr + worker.log()
-    finally:
-        worker.stop()
-        client.close()
-    check_against_reference(read_output(out_path), frames, labels, ("sum", "max"))
-    with h5py.File(out_path, "r") as f:
-        assert "old-version@host:1" in f.attrs["workers"].split(",")
-        assert any(w.startswith(worker.name + "@") for w in f.attrs["workers"].split(","))

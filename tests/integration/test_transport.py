@@ -48,7 +48,7 @@ def _close_after_collect(url: str, transport: str | None) -> tuple[Exception | N
 
 
 def test_close_after_a_lost_broker_raises_nothing(redis_url):
-    raised, left = _close_after_collect(redis_url, "producer.transport:Transport")
+    raised, left = _close_after_collect(redis_url, "worker.transport:Transport")
     assert raised is None
     # Not given back at close (the broker was gone): kombu's visibility sweep does it.
     assert left == 1
@@ -73,7 +73,7 @@ def test_one_client_per_pool_and_messages_still_flow(redis_url):
     """Acks and publishes share one client until the pool is replaced (a reconnection);
     messages sent and acknowledged through it arrive and leave kombu's unacked hash."""
     name = f"t-shared-{uuid.uuid4().hex[:8]}"
-    conn = Connection(redis_url, transport="producer.transport:Transport")
+    conn = Connection(redis_url, transport="worker.transport:Transport")
     channel = conn.default_channel
     try:
         with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:

@@ -97,3 +97,32 @@ def write_vds(
     with h5py.File(vds, "w") as f:
         f.create_virtual_dataset("/entry/data/data", layout, fillvalue=0)
     return vds, sources
+
+
+#: Frame size of the detector layouts the input tests use.
+H, W = 12, 10
+
+
+def pixel_mask() -> np.ndarray:
+    """An Eiger-like pixel mask: gaps and dead pixels plus informational upper bits."""
+    pm = np.zeros((H, W), np.uint32)
+    pm[:, 4] = 1  # a gap column
+    pm[2, 7] = 2  # dead
+    pm[9, 1] = 1 << 4  # noisy
+    pm[5, 5] = 1 << 20  # informational only: a good pixel
+    pm[6, 6] = 1 << 31  # virtual-pixel tag only: a good pixel
+    pm[7, 8] = (1 << 31) | 8  # tagged and over-responding: bad
+    return pm
+
+
+def eiger_scan(folder: str) -> tuple[str, list[np.ndarray]]:
+    """An Eiger master with three data files, a pixel mask and a cutoff of 3000."""
+    from producer.samples import detector_frames
+
+    blocks = [detector_frames(n, H, W, seed=n) for n in (5, 8, 3)]
+    # A few counts at/above the cutoff, as saturated or flagged pixels would be.
+    blocks[0][1, 3, 3] = 65535
+    blocks[1][4, 8, 2] = 4000
+    blocks[2][0, 0, 0] = 3001
+    master = write_eiger(folder, "scan", blocks, pixel_mask=pixel_mask(), cutoff=3000)
+    return master, blocks

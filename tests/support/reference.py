@@ -37,3 +37,29 @@ def reference(
                 if "std" in stats:
                     out["std"][i, r - 1] = vf.std()
     return out
+
+
+def read_output(path: str) -> dict[str, np.ndarray]:
+    """Every dataset under /results of an output file."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return {k: f["results"][k][()] for k in f["results"]}
+
+
+def check_against_reference(
+    out: dict[str, np.ndarray], frames: np.ndarray, labels: np.ndarray, stats: tuple[str, ...]
+) -> None:
+    """Sums, counts, min and max equal numpy's exactly for integer data; the rest to 1e-12."""
+    ref = reference(frames, labels, stats)
+    for s in stats:
+        if frames.dtype.kind in "ui" and s in ("sum", "count", "min", "max"):
+            np.testing.assert_array_equal(out[s], ref[s], err_msg=s)
+        else:
+            np.testing.assert_allclose(
+                out[s], ref[s], rtol=1e-12, atol=0, equal_nan=True, err_msg=s
+            )
+    k = int(labels.max())
+    np.testing.assert_array_equal(
+        out["pixel_count"], np.bincount(labels.ravel(), minlength=k + 1)[1:]
+    )

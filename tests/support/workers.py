@@ -15,7 +15,7 @@ import redis
 
 from framestats import constants as C
 
-#: Fast timings so fault tests stay cheap; production defaults live in producer.config.
+#: Fast timings so fault tests stay cheap; production defaults live in framestats.settings.
 FAST_ENV = {
     "FRAMESTATS_HEARTBEAT": "1",
     "FRAMESTATS_WORKER_TIMEOUT": "6",
@@ -142,3 +142,12 @@ def run_producer(
         text=True,
         timeout=timeout,
     )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -1,108 +1,119 @@
-"""Committed chunk files: what is written is read back bit for bit, and nothing else is."""
+"""Committed chunk files: what is written is read back bit for bit, and only a whole file of
+the same job's same chunk is taken."""
 
 from __future__ import annotations
 
-import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from framestats import chunkfile as results
-from framestats.constants import CHUNKS_DIR
-from framestats.paths import chunk_index, chunk_path
-from tests.support.layouts import write_legacy_chunk
+from framestats import chunkfile
+from framestats.chunkfile import ChunkFileInvalid, ChunkResult
+from framestats.jobdir import JobFolder
+from framestats.messages import JobSpec, Segment
+
+STATS = ("sum", "mean", "count", "min", "max", "std")
 
 
-def _result(index: int, frames: int, regions: int, stats: tuple[str, ...]) -> results.ChunkResult:
+def spec_of(job_id: str = "a" * 16, regions: int = 7, bounds=(0, 37, 74, 100)) -> JobSpec:
+    return JobSpec(
+        job_id=job_id, segments=(Segment("/x.h5", "/d", 0, bounds[-1]),), frame_shape=(4, 4),
+        dtype="<u2", n_frames=bounds[-1], n_regions=regions, stats=STATS, boundaries=bounds,
+        output="/o.h5", workdir="/o.h5.parts", mask_path="/m.npy", mask_sha256="0",
+        queue="q", chunk_frames=37, created=0.0, version="t",
+    )  # fmt: skip
+
+
+def result_of(spec: JobSpec, index: int) -> ChunkResult:
+    start, stop = spec.boundaries[index], spec.boundaries[index + 1]
     rng = np.random.default_rng(index)
-    values = {s: rng.normal(size=(frames, regions)) for s in stats}
+    values = {s: rng.normal(size=(stop - start, spec.n_regions)) for s in spec.stats}
     values["sum"][0, 0] = np.nan  # NaN, inf and signed zero keep their bits
     values["sum"][-1, -1] = -np.inf
-    values["mean"][0, -1] = -0.0
-    return results.ChunkResult(index, 100 * index, 100 * index + frames, values, {"worker": "w@h"})
+    values["max"][0, -1] = -0.0
+    return ChunkResult(index, start, stop, values, {"worker": "w@h", "device": "cpu"})
+
+
+@pytest.fixture
+def folder(tmp_path):
+    with JobFolder.create(str(tmp_path / "out.h5.parts")) as f:
+        yield f
 
 
 @pytest.mark.parametrize("regions", [1, 7])
-def test_round_trip_is_bit_exact(tmp_path, regions):
-    os.makedirs(tmp_path / CHUNKS_DIR)
-    stats = ("sum", "mean", "count", "min", "max", "std")
-    written = _result(3, 37, regions, stats)
-    path = results.write_chunk(str(tmp_path), written)
-    assert path == chunk_path(str(tmp_path), 3)
-    back = results.read_chunk(str(tmp_path), 3)
-    assert (back.index, back.start, back.stop, back.meta) == (3, 300, 337, {"worker": "w@h"})
-    assert list(back.stats) == list(stats)
-    for s in stats:
+def test_round_trip_is_bit_exact(folder, regions):
+    spec = spec_of(regions=regions)
+    written = result_of(spec, 1)
+    chunkfile.write_chunk(folder, spec, written)
+    back = chunkfile.read_chunk(folder, spec, 1)
+    assert (back.index, back.start, back.stop, back.meta) == (1, 37, 74, written.meta)
+    for s in STATS:
         assert back.stats[s].dtype == np.float64 and back.stats[s].flags.c_contiguous
-        assert back.stats[s].tobytes() == written.stats[s].tobytes()
-    assert results.committed(str(tmp_path)) == {3}
-    assert results.is_committed(str(tmp_path), 3) and not results.is_committed(str(tmp_path), 4)
+        assert back.stats[s].tobytes() == written.stats[s].tobytes(), s
+    assert chunkfile.committed(folder) == {1}
+    assert chunkfile.committed(folder, spec) == {1}
+    assert chunkfile.is_committed(folder, spec, 1) and not chunkfile.is_committed(folder, spec, 2)
 
 
-def test_file_layout_is_the_documented_one(tmp_path):
-    """Magic line, JSON line, then each statistic as little-endian float64 in order."""
-    os.makedirs(tmp_path / CHUNKS_DIR)
-    written = _result(0, 5, 2, ("sum", "mean"))
-    with open(results.write_chunk(str(tmp_path), written), "rb") as fh:
-        raw = fh.read()
-    assert raw.startswith(results.CHUNK_MAGIC)
-    end = raw.index(b"\n", len(results.CHUNK_MAGIC))
-    head = json.loads(raw[len(results.CHUNK_MAGIC) : end])
-    assert head == {
-        "range": [0, 5],
-        "stats": ["sum", "mean"],
-        "shape": [5, 2],
-        "meta": written.meta,
-    }
-    body = raw[end + 1 :]
-    expected = b"".join(written.stats[s].astype("<f8").tobytes() for s in ("sum", "mean"))
-    assert body == expected
-
-
-def test_truncated_or_foreign_files_are_refused(tmp_path):
-    os.makedirs(tmp_path / CHUNKS_DIR)
-    path = results.write_chunk(str(tmp_path), _result(1, 8, 3, ("sum", "mean")))
+def _corrupt(folder: JobFolder, index: int, edit) -> None:
+    path = os.path.join(folder.path, "chunks", chunkfile.chunk_name(index))
     with open(path, "rb") as fh:
         raw = fh.read()
     with open(path, "wb") as fh:
-        fh.write(raw[:-8])
-    with pytest.raises(ValueError, match="holds"):
-        results.read_chunk(str(tmp_path), 1)
-    with open(path, "wb") as fh:
-        np.savez(fh, stat_sum=np.zeros((8, 3)))  # the earlier .npz layout, under this name
-    with pytest.raises(ValueError, match="not a framestats chunk"):
-        results.read_chunk(str(tmp_path), 1)
+        fh.write(edit(raw))
 
 
-def test_statistics_of_different_shapes_are_not_written(tmp_path):
-    os.makedirs(tmp_path / CHUNKS_DIR)
-    bad = results.ChunkResult(0, 0, 4, {"sum": np.zeros((4, 2)), "mean": np.zeros((4, 3))}, {})
-    with pytest.raises(ValueError, match="differ in shape"):
-        results.write_chunk(str(tmp_path), bad)
-    assert results.committed(str(tmp_path)) == set()
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        (lambda raw: raw[:-8], "bytes of values"),  # truncated
+        (lambda raw: raw[:-1] + bytes([raw[-1] ^ 1]), "checksum"),  # one bit flipped
+        (lambda raw: b"framestats chunk 1\n" + raw[19:], "not a framestats chunk file"),
+        (lambda raw: raw[:19] + b"x" + raw[20:], "damaged header"),
+    ],
+    ids=["truncated", "bit flip", "old version", "header"],
+)
+def test_damaged_files_are_refused_with_the_reason(folder, damage, says):
+    spec = spec_of()
+    chunkfile.write_chunk(folder, spec, result_of(spec, 0))
+    _corrupt(folder, 0, damage)
+    with pytest.raises(ChunkFileInvalid, match=says):
+        chunkfile.read_chunk(folder, spec, 0)
 
 
-def test_only_committed_names_count():
-    assert chunk_index("00000012.chunk") == 12
-    assert chunk_index("00000013.npz") == 13  # an earlier version's commit
-    for name in ("00000012.chunk.tmp-99", "00000012.npz.tmp-7", "x.chunk", ".chunk", "12"):
-        assert chunk_index(name) is None
+@pytest.mark.parametrize(
+    "other, says",
+    [
+        (lambda s: replace(s, job_id="b" * 16), "job"),
+        (lambda s: replace(s, n_regions=8), "regions"),
+        (lambda s: replace(s, boundaries=(0, 40, 74, 100)), "range"),
+    ],
+    ids=["another job", "other regions", "other range"],
+)
+def test_a_file_of_another_job_or_plan_is_not_taken(folder, other, says):
+    """A chunk file another job left in the folder (a resubmission over the same output)
+    is refused by the header check and by the full read."""
+    spec = spec_of()
+    them = other(spec)
+    chunkfile.write_chunk(folder, them, result_of(them, 0))
+    assert not chunkfile.is_committed(folder, spec, 0)
+    assert chunkfile.committed(folder, spec) == set()
+    with pytest.raises(ChunkFileInvalid, match=says):
+        chunkfile.read_chunk(folder, spec, 0)
 
 
-def test_chunks_an_earlier_version_committed_are_read(tmp_path):
-    """A job begun before an upgrade: its .npz chunks (written as that version wrote
-    them) count as committed and are read back next to new ones."""
-    workdir = str(tmp_path)
-    os.makedirs(tmp_path / CHUNKS_DIR)
-    old = _result(0, 6, 2, ("sum", "mean"))
-    write_legacy_chunk(workdir, 0, old.start, old.stop, old.stats, old.meta)
-    results.write_chunk(workdir, _result(1, 6, 2, ("sum", "mean")))
-    assert results.committed(workdir) == {0, 1}
-    assert results.is_committed(workdir, 0) and not results.is_committed(workdir, 2)
-    back = results.read_chunk(workdir, 0)
-    assert (back.start, back.stop, back.meta) == (old.start, old.stop, old.meta)
-    for s in ("sum", "mean"):
-        assert back.stats[s].tobytes() == old.stats[s].tobytes()
-    with pytest.raises(FileNotFoundError):
-        results.read_chunk(workdir, 2)
+def test_shape_mismatch_is_refused_at_write(folder):
+    spec = spec_of()
+    bad = result_of(spec, 0)
+    bad.stats["sum"] = bad.stats["sum"][:, :3]
+    with pytest.raises(ValueError, match="statistics are not"):
+        chunkfile.write_chunk(folder, spec, bad)
+    assert chunkfile.committed(folder) == set()
+
+
+def test_chunk_index_names():
+    assert chunkfile.chunk_index(chunkfile.chunk_name(12)) == 12
+    for name in ("00000013.npz", ".00000001.chunk.tmp-x", "manifest.json", "abc.chunk"):
+        assert chunkfile.chunk_index(name) is None

@@ -14,7 +14,7 @@ import pytest
 from framestats import plan as plan_mod
 from framestats.plan import MIN_TASK_BYTES, TASKS_PER_PROCESS, task_bytes_for
 from framestats.settings import Settings
-from framestats.submit import SubmitRequest, fit_to_workers, prepare
+from framestats.submission import SubmitRequest, fit_to_workers, prepare
 
 MIB = 1 << 20
 

@@ -9,7 +9,7 @@ from framestats.constants import TASK_FINALIZE, TASK_REDUCE
 from framestats.messages import Segment
 from framestats.settings import Settings
 from framestats.wire import publish_chunks, publish_finalize, read_task
-from tests.test_reader import spec_for
+from tests.unit.read.support import spec_for
 from worker.broker import make_app
 
 #: Fields that differ between any two messages (fresh ids, the sending process).

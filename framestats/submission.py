@@ -7,6 +7,7 @@ state before any task, so every task refers to a manifest that exists.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import time
@@ -18,12 +19,13 @@ from typing import Any
 import numpy as np
 
 from . import __version__, connection, jobs, limits
-from .chunkfile import write_atomic
-from .constants import CHUNKS_DIR, DEFAULT_QUEUE, DEFAULT_STATS, MASK_NAME, STATS
+from .constants import DEFAULT_QUEUE, DEFAULT_STATS, MANIFEST_NAME, MASK_NAME, STATS
 from .errors import OptionError, OutputError
 from .inputs import masks
+from .inputs.reach import check_environment
 from .inputs.selection import effective_range, parse_frames, parse_valid_range
 from .inputs.sources import Source, resolve_inputs, select
+from .jobdir import JobFolder
 from .messages import JobSpec
 from .paths import check_allowed, workdir_for
 from .plan import Plan, plan
@@ -35,7 +37,8 @@ class SubmitRequest:
     """What the user asked for, as parsed by the CLI."""
 
     inputs: tuple[str, ...]
-    mask: str
+    #: A mask spec (``FILE``, ``FILE.h5:/path``) or an array (the Python API).
+    mask: str | np.ndarray
     dataset: str | None = None
     output: str | None = None
     stats: tuple[str, ...] = DEFAULT_STATS
@@ -47,7 +50,7 @@ class SubmitRequest:
     frames: str | None = None
     mask_convention: str = "labels"
     invert: bool = False
-    exclude: tuple[str, ...] = ()
+    exclude: tuple[str | np.ndarray, ...] = ()
     #: Apply an Eiger master's pixel_mask and saturation value (``--no-detector-mask``).
     detector_mask: bool = True
     valid_range: str | None = None
@@ -63,6 +66,8 @@ class Prepared:
     sources: list[Source]
     #: Live worker processes taking from the job's queue when it was queued (None: not counted).
     live_processes: int | None = None
+    #: Masks passed as arrays, written into the job folder with the manifest.
+    mask_arrays: tuple[masks.ArrayMask, ...] = ()
 
 
 def parse_stats(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -96,11 +101,20 @@ def check_output(output: str, overwrite: bool) -> None:
     if os.path.exists(output) and not overwrite:
         raise OutputError(f"output exists: {output} (pass --overwrite to replace it)")
     workdir = workdir_for(output)
-    if os.path.exists(workdir) and not overwrite:
-        raise OutputError(
-            f"an unfinished job for {output} exists ({workdir}); "
-            f"continue it with 'producer resume {output}' or pass --overwrite"
-        )
+    if os.path.lexists(workdir) and not overwrite:
+        raise OutputError(_taken(output, workdir))
+
+
+def _taken(output: str, workdir: str) -> str:
+    """The one line for an output whose job folder exists: which job, what to do."""
+    from .control import owner_of
+
+    owner = owner_of(workdir)
+    job = f"job {owner}" if owner else "an unfinished job"
+    return (
+        f"{job} is writing {output} ({workdir}); follow it with 'producer watch {output}', "
+        f"continue it with 'producer resume {output}', or pass --overwrite to replace it"
+    )
 
 
 def prepare(request: SubmitRequest, settings: Settings) -> Prepared:
@@ -114,18 +128,22 @@ def prepare(request: SubmitRequest, settings: Settings) -> Prepared:
         raise OptionError(f"invalid queue name {request.queue!r}")
     frames = parse_frames(request.frames) if request.frames is not None else None
     valid = parse_valid_range(request.valid_range) if request.valid_range is not None else None
-    resolved = resolve_inputs(request.inputs, request.dataset)
+    if settings.data_root:
+        check_environment(settings.data_root)
+    resolved = resolve_inputs(request.inputs, request.dataset, settings.data_root)
     if frames is not None:
         resolved = select(resolved, frames.indices(resolved.total_frames), frames.text)
     sources = list(resolved.sources)
     frame_shape = (int(sources[0].info.shape[1]), int(sources[0].info.shape[2]))
     detectors = resolved.detectors if request.detector_mask else ()
+    output = os.path.abspath(request.output or default_output(resolved.paths[0]))
+    mask, exclude = masks.keep_arrays(workdir_for(output), request.mask, tuple(request.exclude))
     built = masks.build(
-        request.mask,
+        mask,
         frame_shape,
         request.mask_convention,
         request.invert,
-        tuple(request.exclude),
+        exclude,
         tuple((d.master, d.pixel_mask) for d in detectors if d.pixel_mask),
         max_regions=settings.max_regions,
     )
@@ -133,11 +151,8 @@ def prepare(request: SubmitRequest, settings: Settings) -> Prepared:
     saturated = [d for d in detectors if d.saturation is not None]
     saturation = min(saturated, key=lambda d: d.saturation or 0) if saturated else None
     valid_range = effective_range(valid, saturation.saturation if saturation else None)
-    output = os.path.abspath(request.output or default_output(resolved.paths[0]))
     check_output(output, request.overwrite)
     if settings.data_root:
-        for path in resolved.files():
-            check_allowed(path, settings.data_root)
         check_allowed(output, settings.data_root)
     segments = [s.segment for s in sources]
     the_plan = plan(
@@ -194,32 +209,56 @@ def prepare(request: SubmitRequest, settings: Settings) -> Prepared:
             ),
         },
     )
-    return Prepared(spec=spec, labels=labels, plan=the_plan, sources=sources)
+    arrays = tuple(m for m in (mask, *exclude) if isinstance(m, masks.ArrayMask))
+    return Prepared(spec=spec, labels=labels, plan=the_plan, sources=sources, mask_arrays=arrays)
 
 
-def write_workdir(spec: JobSpec, labels: np.ndarray, replace: bool) -> None:
-    """Create the job folder with the mask copy and the manifest (written last)."""
-    if replace and os.path.exists(spec.workdir):
-        shutil.rmtree(spec.workdir)
-    os.makedirs(os.path.join(spec.workdir, CHUNKS_DIR))
+def write_workdir(
+    spec: JobSpec, labels: np.ndarray, arrays: Sequence[masks.ArrayMask] = ()
+) -> None:
+    """Create the job folder with the mask copy, masks given as ``arrays`` and the manifest
+    (written last); one line (OutputError) when another submit took the folder first."""
+    try:
+        folder = JobFolder.create(spec.workdir)
+    except FileExistsError as exc:
+        raise OutputError(_taken(spec.output, spec.workdir)) from exc
+    with folder:
+        buf = io.BytesIO()
+        np.save(buf, labels.astype(np.int32))
+        folder.write_bytes(MASK_NAME, buf.getvalue())
+        for array in arrays:
+            folder.write_bytes(os.path.basename(array.file), array.npy)
+        folder.write_bytes(MANIFEST_NAME, spec.dumps().encode())
 
-    def save_mask(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            np.save(fh, labels.astype(np.int32))
 
-    def save_manifest(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(spec.dumps())
+def replace_workdir(client: Any, settings: Settings, spec: JobSpec) -> None:
+    """``--overwrite``: stop the job that owns the folder if it still runs, then remove
+    the folder (moved aside first, so the new one is a new folder whatever lingers)."""
+    from .control import owner_of, stop
 
-    write_atomic(os.path.join(spec.workdir, MASK_NAME), save_mask)
-    write_atomic(spec.manifest_path, save_manifest)
+    if not os.path.lexists(spec.workdir):
+        return
+    owner = owner_of(spec.workdir)
+    if owner is not None and owner != spec.job_id:
+        stop(
+            client,
+            owner,
+            f"replaced by job {spec.job_id} (--overwrite)",
+            settings.visibility_timeout,
+        )
+    aside = f"{spec.workdir}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(spec.workdir, aside)
+    if os.path.isdir(aside) and not os.path.islink(aside):
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.unlink(aside)
 
 
 def enqueue(
     spec: JobSpec, settings: Settings, client: Any, pending: Sequence[int], done: Sequence[int] = ()
 ) -> int:
     """Write the job's Redis state and publish the first window of tasks; returns tasks sent."""
-    from .wire import publish_chunks  # Celery's message without importing Celery (~0.15 s)
+    from .wire import publish_chunks  # Celery's message, without importing Celery
 
     jobs.create(client, spec, pending, done, ttl=settings.job_ttl)
     window = jobs.pop_pending(client, spec.job_id, settings.window)
@@ -261,6 +300,8 @@ def submit(request: SubmitRequest, settings: Settings) -> Prepared:
         fit_to_workers(prepared, settings, live, request.chunk_frames), live_processes=live
     )
     spec = prepared.spec
-    write_workdir(spec, prepared.labels, replace=request.overwrite)
+    if request.overwrite:
+        replace_workdir(client, settings, spec)
+    write_workdir(spec, prepared.labels, arrays=prepared.mask_arrays)
     enqueue(spec, settings, client, range(spec.n_chunks))
     return prepared

@@ -1,17 +1,18 @@
-"""Fused Triton kernel for exact integer region sums on the GPU (optional).
+"""Triton kernel: exact integer region sums for a few regions, from the raw frames.
 
-``_DeviceReducer`` converts integer frames to a float32 copy in global memory and
-multiplies by a one-hot matrix: ~10 bytes of memory traffic per 2-byte pixel. Here
-one kernel reads the raw frames (uint8/int8/(u)int16/(u)int32), widens them in
-registers and sums them per (frame, region) in integers: 32-bit for <= 16-bit input
+The torch path (``cuda_torch``) converts integer frames to a float32 copy in global
+memory and multiplies it by a one-hot matrix: ~10 bytes of memory traffic per 2-byte
+pixel. Here one kernel reads the raw frames (uint8/int8/(u)int16/(u)int32), widens them
+in registers and sums them per (frame, region) in integers: 32-bit for <= 16-bit input
 (a program sums at most ``BLOCK`` = 4096 pixels: 4096 * 65535 < 2**31), 64-bit for
-32-bit input. Each program writes its partial sums to its own slot and torch adds
-the slots in int64, so there are no atomics and results are exact and deterministic.
+32-bit input. Each program writes its partial sums to its own slot and torch adds the
+slots in int64, so there are no atomics and results are exact and deterministic.
 
-Only for few regions (``MAX_REGIONS``: the kernel loops over the regions in
-registers). Triton is imported on first use only (it ships with CUDA builds of
-torch; CPU machines have none): ``available()`` says whether it can be used. Under
-``TRITON_INTERPRET=1`` the kernel also runs on CPU tensors (tests).
+Only for sum/mean/count of few regions (``MAX_REGIONS``: the kernel loops over the
+regions in registers); ``triton_regions`` takes everything else. Triton is imported on
+first use only (it ships with CUDA builds of torch; CPU machines have none):
+``triton_regions.available()`` says whether it can be used. Under ``TRITON_INTERPRET=1`` the kernel
+also runs on CPU tensors (tests).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import torch
 
-#: Regions the fused kernel handles (it loops over them per pixel block).
+#: Regions this kernel handles (it loops over them per pixel block).
 MAX_REGIONS = 16
 #: Pixels per program and frames per program.
 BLOCK = 4096
@@ -40,6 +41,7 @@ _LOADS = {
 
 
 def interpreting() -> bool:
+    """Whether Triton runs in its interpreter (``TRITON_INTERPRET=1``: CPU tensors)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
@@ -82,17 +84,6 @@ def _kernel(interpret: bool) -> Any:
                     tl.store(out_ptr + (f.to(tl.int64) * n_blocks + c) * K + k, s.to(tl.int64))
 
     return region_sums
-
-
-def available(device: torch.device) -> bool:
-    """Triton imports and can run on ``device`` (CUDA, or anything when interpreting)."""
-    if device.type != "cuda" and not interpreting():
-        return False
-    try:
-        _kernel(interpreting())
-    except Exception:  # no triton, or one that cannot build here
-        return False
-    return True
 
 
 def supports(dtype: torch.dtype, n_regions: int) -> bool:

@@ -1,0 +1,238 @@
+"""End to end over many regions: ``producer submit --wait`` for a K sweep, one file.
+
+Run as ``REDIS_URL=redis://127.0.0.1:6379/13 python -m bench.regions [--frames 2048]``.
+
+One Bitshuffle-LZ4 uint16 stack (``bench.data``; 2048 frames of 512x512 = 1 GiB
+uncompressed), warm in the page cache, and one ``worker`` node with ``--workers`` pool
+processes (``bench.e2e``) kept warm. Each repetition runs, in a rotating order:
+
+* ``producer submit --wait`` with a radial profile of K rings (``bench.kernel.rings``;
+  K = 10,000 is 4x4-pixel bins) and either ``--stats sum`` or all six statistics;
+* the plain baseline: a pool of ``--workers`` processes (no queue, no Redis) that read
+  their share of the frames with h5py (HDF5 decodes Bitshuffle) and sum each frame
+  with numpy ``bincount(labels, weights=frame)``, for the K = 1,000 mask, sum only;
+* "no queue": the worker's own read + reduce code in a pool of ``--workers`` processes
+  (``bench.baselines.NoQueue``), K = 16 sum and K = 1,000 all six: what the pipeline
+  costs without the queue, the chunk files and the output file.
+
+GB/s = uncompressed bytes / median wall time (the command from start to exit, output
+file complete). The sums of every run are checked against the baseline's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+
+import h5py
+import numpy as np
+
+from . import baselines, e2e
+from .data import DATASET, data_root, ensure_stack
+from .kernel import pixel_bins, rings
+
+STATS = "sum,mean,count,min,max,std"
+#: (name, K, stats) of the runs of ``producer submit --wait``.
+CASES = (
+    ("K=16 sum", 16, "sum"),
+    ("K=16 all six", 16, STATS),
+    ("K=100 all six", 100, STATS),
+    ("K=1000 sum", 1000, "sum"),
+    ("K=1000 all six", 1000, STATS),
+    ("K=10000 all six", 10000, STATS),
+)
+#: Frames per read in the bincount baseline (as ``bench.baselines``' blocks).
+BLOCK = 64
+
+
+def _bincount_share(path: str, labels_path: str, lo: int, hi: int) -> tuple[int, np.ndarray]:
+    """One baseline process's share: frames [lo, hi) read and summed with bincount."""
+    import hdf5plugin  # noqa: F401  (Bitshuffle-LZ4 for h5py)
+
+    flat = np.load(labels_path).ravel()
+    k = int(flat.max())
+    out = np.empty((hi - lo, k))
+    with h5py.File(path, "r") as f:
+        dset = f[DATASET]
+        for a in range(lo, hi, BLOCK):
+            block = dset[a : min(a + BLOCK, hi)]
+            for i, frame in enumerate(block):
+                out[a - lo + i] = np.bincount(flat, weights=frame.ravel(), minlength=k + 1)[1:]
+    return lo, out
+
+
+def _warm(_: int) -> int:
+    import hdf5plugin  # noqa: F401
+
+    return os.getpid()
+
+
+class BincountPool:
+    """A warm spawn pool of N processes, one contiguous share of the frames each."""
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+        self.pool = ProcessPoolExecutor(processes, mp_context=mp.get_context("spawn"))
+        pids: set[int] = set()
+        while len(pids) < processes:
+            pids |= set(self.pool.map(_warm, range(processes * 4)))
+
+    def pids(self) -> list[int]:
+        return list(self.pool._processes)  # type: ignore[attr-defined]
+
+    def run(self, path: str, labels_path: str, frames: int) -> np.ndarray:
+        cuts = [round(i * frames / self.processes) for i in range(self.processes + 1)]
+        futures = [
+            self.pool.submit(_bincount_share, path, labels_path, cuts[i], cuts[i + 1])
+            for i in range(self.processes)
+        ]
+        parts = dict(f.result() for f in futures)
+        return np.concatenate([parts[c] for c in cuts[:-1]])
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
+def submit(
+    redis_url: str, workers: e2e.Workers, path: str, mask: str, stats: str, output: str
+) -> np.ndarray:
+    """``producer submit --wait`` once; returns the per-frame sums (frames, K)."""
+    from framestats import connection, jobs
+
+    args = ("submit", path, "--mask", mask, "--output", output, "--stats", stats)
+    _, stdout = e2e.producer(redis_url, *args, "--queue", workers.queue, "--wait", "--overwrite")
+    client = connection.connect(redis_url)
+    try:
+        jobs.delete(client, stdout.split()[0])  # leave the database as it was
+    finally:
+        client.close()
+    with h5py.File(output, "r") as f:
+        return np.asarray(f["results/sum"][...])
+
+
+def main(argv: list[str] | None = None) -> int:
+    from framestats import connection
+    from framestats.settings import Settings
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=2048, help="uint16 512x512 frames")
+    ap.add_argument("--size", type=int, default=512, help="frame height and width")
+    ap.add_argument("--workers", type=int, default=2, help="worker (and baseline) processes")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions (medians reported)")
+    ap.add_argument("--data", help="folder for the generated stack (default: bench.data's)")
+    args = ap.parse_args(argv)
+    redis_url = os.environ.get("REDIS_URL") or Settings.redis_url
+
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    stack = ensure_stack(args.frames, args.size, args.size, forms=("bslz4",), root=args.data)
+    path = stack.path("bslz4")
+    scratch = tempfile.mkdtemp(prefix="bench-regions-", dir=args.data or data_root())
+    masks: dict[int, str] = {}
+    for k in sorted({k for _, k, _ in CASES}):
+        labels = pixel_bins(size=args.size) if k == 10000 else rings(k, size=args.size)
+        masks[k] = os.path.join(scratch, f"labels-{k}.npy")
+        np.save(masks[k], labels)
+    with open(path, "rb") as fh:  # warm the page cache
+        while fh.read(1 << 24):
+            pass
+    load_start = os.getloadavg()
+    client = connection.connect(redis_url)
+    log(f"starting {args.workers} worker processes and the baseline pool")
+    workers = e2e.start_workers(redis_url, args.workers, scratch)
+    pool = BincountPool(args.workers)
+
+    def case(k: int, stats: str) -> Callable[[], np.ndarray]:
+        output = os.path.join(scratch, f"{k}.h5")
+        return lambda: submit(redis_url, workers, path, masks[k], stats, output)
+
+    def no_queue(k: int, stats: str) -> Callable[[], np.ndarray]:
+        from framestats.submission import SubmitRequest, prepare
+
+        request = SubmitRequest(
+            inputs=(path,),
+            mask=masks[k],
+            output=os.path.join(scratch, f"nq-{k}.h5"),
+            stats=tuple(stats.split(",")),
+        )
+        spec = prepare(request, Settings.from_env({"REDIS_URL": redis_url})).spec
+        labels = np.load(masks[k])
+        return lambda: noqueue.run(spec, labels)[0]
+
+    noqueue = baselines.NoQueue(args.workers)
+    runners = {name: case(k, stats) for name, k, stats in CASES}
+    runners["no queue, K=16 sum"] = no_queue(16, "sum")
+    runners["no queue, K=1000 all six"] = no_queue(1000, STATS)
+    runners["bincount pool, K=1000 sum"] = lambda: pool.run(path, masks[1000], args.frames)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    cpu: dict[str, list[float]] = {name: [] for name in runners}
+    sums: dict[str, np.ndarray] = {}
+    try:
+        workers.wait_ready(client)
+        order = list(runners)
+        for rep in range(args.reps + 1):  # the first round warms up (not counted)
+            for name in order[rep % len(order) :] + order[: rep % len(order)]:
+                if name.startswith("bincount"):
+                    pids = pool.pids()
+                elif name.startswith("no queue"):
+                    pids = list(noqueue.pool._processes)  # type: ignore[attr-defined]
+                else:
+                    pids = workers.pids()
+                c0 = e2e.cpu_seconds(pids)
+                t0 = time.perf_counter()
+                sums[name] = runners[name]()
+                if rep:
+                    times[name].append(time.perf_counter() - t0)
+                    cpu[name].append(e2e.cpu_seconds(pids) - c0)
+            log(f"round {rep} done")
+    finally:
+        workers.stop(client)
+        pool.close()
+        noqueue.close()
+        client.close()
+    load_end = os.getloadavg()
+    reference = sums["bincount pool, K=1000 sum"]
+    for name, got in sums.items():
+        if name.startswith("K=1000 "):  # bincount sums uint16 in float64: exact < 2**53
+            np.testing.assert_array_equal(got, reference, err_msg=name)
+    no_queue_sums = sums["no queue, K=1000 all six"]  # region 1 only (NoQueue's result)
+    np.testing.assert_array_equal(no_queue_sums, reference[:, 0], err_msg="no queue")
+    gbps = {n: stack.nbytes / 1e9 / statistics.median(t) for n, t in times.items()}
+    command = " ".join(["python -m bench.regions", *(argv if argv is not None else sys.argv[1:])])
+    print(f"# {command}")
+    print(
+        f"# {args.frames} uint16 frames of {args.size}x{args.size} "
+        f"({stack.nbytes / 2**30:.2f} GiB uncompressed, Bitshuffle-LZ4 "
+        f"{os.path.getsize(path) / 2**20:.0f} MiB), {args.workers} worker processes, "
+        f"medians of {args.reps}; load average {load_start[0]:.1f} at the start, "
+        f"{load_end[0]:.1f} at the end ({os.cpu_count()} cores)"
+    )
+    # CPU seconds of the worker (or pool) processes: unlike wall time, not inflated by
+    # other people's jobs on a shared machine (the worker node's CPU includes its
+    # bookkeeping; the producer command's own start-up is not counted).
+    per_cpu = {n: stack.nbytes / 1e9 / statistics.median(c) for n, c in cpu.items()}
+    print("\n| run | GB/s | seconds (median) | GB per CPU second (median) |")
+    print("|---|---|---|---|")
+    for name, t in times.items():
+        median = statistics.median(t)
+        print(f"| {name} | {gbps[name]:.2f} | {median:.2f} | {per_cpu[name]:.2f} |")
+    base = "bincount pool, K=1000 sum"
+    print("\n| goal | ratio (wall) | ratio (CPU seconds) |")
+    print("|---|---|---|")
+    for label, other in (("K=16 sum, >= 0.5", "K=16 sum"), ("bincount pool (sum), >= 1.0", base)):
+        wall = gbps["K=1000 all six"] / gbps[other]
+        by_cpu = per_cpu["K=1000 all six"] / per_cpu[other]
+        print(f"| K=1000 all six / {label} | {wall:.2f} | {by_cpu:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

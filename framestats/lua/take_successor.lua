@@ -1,0 +1,2 @@
+-- KEYS: pending list, successors hash. ARGV: chunk index.
+return successor(KEYS[1], KEYS[2], ARGV[1])
