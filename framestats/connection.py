@@ -10,11 +10,13 @@ over, see ``sentinel_parts``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from .errors import BrokerUnavailable, ConfigError
+from .redaction import split_urls, userinfo
 
 if TYPE_CHECKING:
     import redis
@@ -35,6 +37,48 @@ class SentinelURL:
     password: str | None
     sentinel_password: str | None
     options: dict[str, str]
+
+
+#: ``password=`` in a URL's query (redis-py reads it; kombu fails on it).
+_QUERY_PASSWORD = re.compile(r"(?P<sep>[?&])password=(?P<value>[^&#]*)&?", re.I)
+
+
+def canonical_url(url: str) -> str:
+    """``url`` as redis-py and kombu both read it, with the password the user meant.
+
+    The scheme in lower case (``REDIS://``); the user name and password percent-encoded,
+    so that a raw '@', '/', ':' or '?' in a password is not taken for the host, path or
+    query (which would connect elsewhere and print a piece of the password in the
+    error); ``?password=`` moved into the user info (kombu refuses it in the query).
+    Escapes already in the password are kept, so an encoded password is unchanged.
+    """
+    return ";".join(_canonical_one(one) for one in split_urls(url.strip()))
+
+
+def _canonical_one(one: str) -> str:
+    scheme, sep, rest = one.partition("://")
+    if not sep:
+        return one
+    scheme = scheme.lower()
+    parts = userinfo(one)
+    if parts is not None:
+        user, colon, password = parts[1].partition(":")
+        auth = _quote(user) + (":" + _quote(password) if colon else "")
+        rest = parts[2][1:]  # after the '@'
+        if colon:  # a password in the user info wins over one in the query
+            rest = _QUERY_PASSWORD.sub(lambda m: m["sep"], rest).rstrip("?&")
+    else:
+        auth = ""
+        found = _QUERY_PASSWORD.search(rest)
+        if found is not None:
+            auth = ":" + _quote(found["value"])
+            rest = (rest[: found.start()] + found["sep"] + rest[found.end() :]).rstrip("?&")
+    return f"{scheme}://{auth}@{rest}" if auth else f"{scheme}://{rest}"
+
+
+def _quote(text: str) -> str:
+    """Percent-encode what would end the user info; keep escapes already there."""
+    return quote(text, safe="%!$&'()*+,;=-._~")
 
 
 def is_sentinel(url: str) -> bool:
@@ -73,8 +117,12 @@ def unix_url(url: str, scheme: str, db_key: str) -> str:
     return f"{scheme}://{parts.netloc}{parts.path}{tail}"
 
 
-def connect(url: str, timeout: float = 5.0) -> redis.Redis:
-    """A redis-py client (str replies) that gives up within ``timeout`` s instead of hanging."""
+def connect(url: str, timeout: float = 5.0, retry: Any = None) -> redis.Redis:
+    """A redis-py client (str replies) that gives up within ``timeout`` s instead of hanging.
+
+    ``retry``: a redis-py retry policy in place of its default (the workers' waits out a
+    Redis refusing writes, ``worker.refusals``).
+    """
     import redis
 
     options: dict[str, Any] = {
@@ -83,6 +131,9 @@ def connect(url: str, timeout: float = 5.0) -> redis.Redis:
         "decode_responses": True,
         "health_check_interval": 30,
     }
+    if retry is not None:
+        options["retry"] = retry
+    url = canonical_url(url)
     if is_sentinel(url):
         from redis.sentinel import Sentinel
 

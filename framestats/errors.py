@@ -35,6 +35,15 @@ class OutputError(UserError):
     """Raised when the output path cannot be written (exists, folder missing, not writable)."""
 
 
+class LimitExceeded(UserError):
+    """Raised when a job would exceed a configured limit; names the setting that sets it."""
+
+    def __init__(self, message: str, setting: str, limit: float) -> None:
+        super().__init__(message)
+        self.setting = setting
+        self.limit = limit
+
+
 class PathNotAllowed(UserError):
     """Raised when a path lies outside DATA_ROOT (after resolving '..' and symbolic links)."""
 

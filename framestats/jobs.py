@@ -14,6 +14,7 @@ from typing import Any
 from . import constants as C
 from . import scripts
 from .messages import JobSpec, JobState
+from .settings import Settings
 
 #: A redis-py client (``framestats.connection.connect``: str replies).
 Client = Any
@@ -22,6 +23,9 @@ Client = Any
 _PUSH_BATCH = 10_000
 #: Seconds a finished job's wake-up event waits for a follower.
 _EVENTS_TTL = 3600
+#: Seconds a finished job keeps its keys when its hash does not say (``ttl`` field,
+#: FRAMESTATS_JOB_TTL at submit).
+DEFAULT_TTL = Settings.job_ttl
 
 
 def live_processes(
@@ -46,8 +50,18 @@ def live_processes(
     return count
 
 
-def create(client: Client, spec: JobSpec, pending: Iterable[int], done: Iterable[int] = ()) -> None:
-    """Write the job hash, its done set and its pending list (replacing any old state)."""
+def create(
+    client: Client,
+    spec: JobSpec,
+    pending: Iterable[int],
+    done: Iterable[int] = (),
+    ttl: int | None = None,
+) -> None:
+    """Write the job hash, its done set and its pending list (replacing any old state).
+
+    ``ttl``: seconds the job's keys are kept once it has finished (FRAMESTATS_JOB_TTL;
+    0: until pruned), recorded in the hash for ``finish``.
+    """
     now = time.time()
     done = list(done)
     fields: dict[str, Any] = {
@@ -75,6 +89,8 @@ def create(client: Client, spec: JobSpec, pending: Iterable[int], done: Iterable
         "bytes_done": 0,
         "chunks_failed": 0,
     }
+    if ttl is not None:
+        fields["ttl"] = int(ttl)
     if done:
         frames = sum(spec.boundaries[i + 1] - spec.boundaries[i] for i in done)
         fields["frames_done"] = frames
@@ -129,8 +145,14 @@ def _successor(got: str | None) -> list[int] | None:
 
 
 def successor_published(client: Client, job_id: str, index: int, successor: list[int]) -> None:
-    """Mark chunk ``index``'s successor as queued (``client`` may be the publishing MULTI)."""
-    client.hset(C.job_successors_key(job_id), str(index), "+" + ",".join(map(str, successor)))
+    """Mark chunk ``index``'s successor as queued (``client`` may be the publishing MULTI).
+
+    Not once the job has finished: its successors hash is gone and must stay so.
+    """
+    keys = (C.job_key(job_id), C.job_successors_key(job_id))
+    scripts.run(
+        client, "mark_published", list(keys), [str(index), "+" + ",".join(map(str, successor))]
+    )
 
 
 def get(client: Client, job_id: str) -> dict[str, str] | None:
@@ -214,11 +236,8 @@ def record_error(
     entry = json.dumps(
         {"chunk": index, "frames": list(frames), "reason": reason, "time": time.time()}
     )
-    pipe = client.pipeline(transaction=False)
-    pipe.lpush(C.job_errors_key(job_id), entry)
-    pipe.ltrim(C.job_errors_key(job_id), 0, 49)
-    pipe.hincrby(C.METRICS_KEY, "chunk_errors", 1)
-    pipe.execute()
+    keys = (C.job_key(job_id), C.job_errors_key(job_id), C.METRICS_KEY)
+    scripts.run(client, "record_error", list(keys), [entry])
 
 
 def errors(client: Client, job_id: str, limit: int = 10) -> list[dict[str, Any]]:
@@ -236,6 +255,9 @@ def finish(
 
     ``notify`` wakes ``--wait`` followers at once; a caller with work left to do first
     (the finalizer's cleanup) passes False and calls ``notify_finished`` after it.
+    The job's per-chunk hashes are dropped (the chunks delivered more than once are noted
+    in its hash: ``redelivered``) and its other keys expire after its ``ttl``
+    (``expire_finished``).
     """
     key = C.job_key(job_id)
     from redis import WatchError
@@ -244,22 +266,24 @@ def finish(
         while True:
             try:
                 pipe.watch(key)
-                raw, publishing = pipe.hmget(key, ["state", "publishing"])
+                raw, ttl, publishing = pipe.hmget(key, ["state", "ttl", "publishing"])
                 if raw and JobState(raw).finished and JobState(raw) is not new_state:
                     pipe.unwatch()
                     return False
                 if publishing and new_state is JobState.CANCELLED:
                     pipe.unwatch()  # the output is being renamed into place: too late
                     return False
+                again = scripts.run(pipe, "redelivered", [C.job_attempts_key(job_id)], [])
                 pipe.multi()
                 fields: dict[str, Any] = {"state": new_state.value, "finished": time.time()}
+                if again:  # what the dropped attempts hash showed worth keeping
+                    fields.update(_redelivered(again))
                 if reason:
                     fields["reason"] = reason
                 if new_state is JobState.FAILED:
                     pipe.hincrby(key, "chunks_failed", 1)
                 pipe.hset(key, mapping=fields)
-                if new_state in (JobState.FAILED, JobState.CANCELLED):
-                    pipe.delete(C.job_pending_key(job_id))
+                expire_finished(pipe, job_id, _ttl(ttl))
                 if notify:
                     _notify(pipe, job_id, new_state)
                 pipe.srem(C.ACTIVE_JOBS, job_id)
@@ -269,9 +293,61 @@ def finish(
                 continue
 
 
+#: Most chunks listed in a finished job's ``redelivered`` field (the most delivered).
+_REDELIVERED_MAX = 100
+
+
+def _redelivered(flat: list[str]) -> dict[str, Any]:
+    """Job hash fields: how many chunks ran more than once, and the most delivered."""
+    counts = sorted(
+        ((int(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)),
+        key=lambda kv: (-kv[1], kv[0]),
+    )
+    return {
+        "chunks_redelivered": len(counts),
+        "redelivered": json.dumps(dict(counts[:_REDELIVERED_MAX])),
+    }
+
+
+def redelivered(data: dict[str, str]) -> dict[int, int]:
+    """Chunk index -> deliveries, of a finished job's chunks delivered more than once."""
+    try:
+        return {int(k): int(v) for k, v in json.loads(data.get("redelivered") or "{}").items()}
+    except (ValueError, AttributeError):
+        return {}
+
+
+def _ttl(field: str | None) -> int:
+    try:
+        return int(field) if field is not None else DEFAULT_TTL
+    except ValueError:
+        return DEFAULT_TTL
+
+
+def chunk_keys(job_id: str) -> list[str]:
+    """The keys that track single chunks while a job runs, dropped as soon as it ends."""
+    return [
+        C.job_pending_key(job_id),
+        C.job_attempts_key(job_id),
+        C.job_successors_key(job_id),
+        C.job_missing_key(job_id),
+    ]
+
+
+def expire_finished(pipe: Any, job_id: str, ttl: int) -> None:
+    """Drop a finished job's per-chunk keys; its others expire in ``ttl`` s (0: kept)."""
+    pipe.delete(*chunk_keys(job_id))
+    if ttl > 0:
+        dropped = set(chunk_keys(job_id))
+        lock, events = C.job_finalize_lock_key(job_id), C.job_events_key(job_id)
+        for name in C.job_keys(job_id):
+            if name not in dropped and name not in (lock, events):  # these expire on their own
+                pipe.expire(name, ttl)
+
+
 def _notify(pipe: Any, job_id: str, new_state: JobState) -> None:
-    pipe.rpush(C.job_events_key(job_id), new_state.value)
-    pipe.expire(C.job_events_key(job_id), _EVENTS_TTL)
+    keys = (C.job_key(job_id), C.job_events_key(job_id))
+    scripts.run(pipe, "notify", list(keys), [new_state.value, _EVENTS_TTL * 1000])
 
 
 def notify_finished(client: Client, job_id: str, new_state: JobState) -> None:

@@ -9,13 +9,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from .constants import DEFAULT_REDIS_URL
+from .redaction import redact_url
 
-_PASSWORD_IN_URL = re.compile(r"^(?P<scheme>[a-z+]+://)(?P<user>[^:@/]*):(?P<password>[^@/]*)@")
+__all__ = ["Settings", "parse_duration", "redact_url"]
+
+_DURATION = re.compile(r"\s*(?P<n>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[smhdw]?)\s*", re.I)
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by '***', for logs, status output and provenance."""
-    return _PASSWORD_IN_URL.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+def parse_duration(text: str) -> float:
+    """Seconds in ``90``, ``90s``, ``30m``, ``12h``, ``7d`` or ``2w``; ValueError otherwise."""
+    m = _DURATION.fullmatch(text)
+    if m is None:
+        raise ValueError(f"not a duration: {text!r} (examples: 90s, 30m, 12h, 7d)")
+    return float(m["n"]) * _UNIT_SECONDS[m["unit"].lower()]
 
 
 def _number(env: Mapping[str, str], name: str, default: float, kind: type = float) -> Any:
@@ -36,6 +43,18 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return float(_number(env, name, default, float))
+
+
+def _duration(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return round(parse_duration(raw))
+    except ValueError as exc:
+        raise ValueError(
+            f"{name} must be a duration (seconds, or 12h, 7d...), got {raw!r}"
+        ) from exc
 
 
 def _threads(env: Mapping[str, str], name: str) -> int | None:
@@ -65,7 +84,10 @@ class Settings:
     ``FRAMESTATS_VISIBILITY_TIMEOUT``, ``FRAMESTATS_MAX_DELIVERIES``,
     ``FRAMESTATS_MAX_RETRIES``, ``FRAMESTATS_RETRY_BACKOFF``, ``FRAMESTATS_HEARTBEAT``,
     ``FRAMESTATS_WORKER_TIMEOUT``, ``FRAMESTATS_FINALIZE_LOCK_TTL``, ``FRAMESTATS_DEVICE``,
-    ``FRAMESTATS_PREFETCH_MULTIPLIER``, ``FRAMESTATS_GPU_DECODE``.
+    ``FRAMESTATS_PREFETCH_MULTIPLIER``, ``FRAMESTATS_MAX_REGIONS``,
+    ``FRAMESTATS_MAX_OUTPUT_GIB``, ``FRAMESTATS_JOB_TTL``, ``FRAMESTATS_REFUSED_WRITES_WAIT``,
+    ``FRAMESTATS_TORCH_THREADS``, ``FRAMESTATS_GPU_DECODE``, ``FRAMESTATS_DECODE_THREADS``,
+    ``FRAMESTATS_PREFETCH``.
     """
 
     #: Broker and job-state store; may carry a password (redis://:pw@host/0, rediss://).
@@ -101,6 +123,18 @@ class Settings:
     #: dies holds only what it runs. 2: the next chunk is already in hand when a process
     #: finishes one (a shorter hand-over, at the price of both).
     prefetch_multiplier: int = 1
+    #: Most regions (the largest mask label) a job may have: each is a column of every
+    #: statistic. A stray label (one pixel labelled 2e9) would otherwise size the outputs.
+    max_regions: int = 65_535
+    #: Largest estimated output (frames x regions x statistics x 8 bytes, plus the largest
+    #: task's result) a submit accepts; ``FRAMESTATS_MAX_OUTPUT_GIB`` in GiB.
+    max_output_bytes: int = 256 * 2**30
+    #: Seconds a finished, failed or cancelled job keeps its Redis keys (``producer prune``
+    #: drops them sooner); 0 keeps them until pruned.
+    job_ttl: int = 7 * 86400
+    #: Seconds a worker waits, in place, for a Redis that refuses writes (OOM, MISCONF,
+    #: READONLY) before it ends the chunk's delivery (the chunk runs again later).
+    refused_writes_wait: float = 60.0
     #: Threads of torch's CPU operations in each worker process (one process per core).
     torch_threads: int = 1
     #: GPU workers decode Bitshuffle-LZ4 chunks on the device (nvCOMP): auto (where
@@ -121,6 +155,14 @@ class Settings:
             raise ValueError(
                 f"FRAMESTATS_PREFETCH_MULTIPLIER must be at least 1, got {self.prefetch_multiplier}"
             )
+        if not 1 <= self.max_regions <= 2**31 - 1:  # labels are stored as int32
+            raise ValueError(
+                f"FRAMESTATS_MAX_REGIONS must be between 1 and {2**31 - 1}, got {self.max_regions}"
+            )
+        if self.max_output_bytes <= 0:
+            raise ValueError("FRAMESTATS_MAX_OUTPUT_GIB must be positive")
+        if self.job_ttl < 0:
+            raise ValueError(f"FRAMESTATS_JOB_TTL must not be negative, got {self.job_ttl}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -143,6 +185,14 @@ class Settings:
             device=env.get("FRAMESTATS_DEVICE") or cls.device,
             prefetch_multiplier=_int(
                 env, "FRAMESTATS_PREFETCH_MULTIPLIER", cls.prefetch_multiplier
+            ),
+            max_regions=_int(env, "FRAMESTATS_MAX_REGIONS", cls.max_regions),
+            max_output_bytes=round(
+                _float(env, "FRAMESTATS_MAX_OUTPUT_GIB", cls.max_output_bytes / 2**30) * 2**30
+            ),
+            job_ttl=_duration(env, "FRAMESTATS_JOB_TTL", cls.job_ttl),
+            refused_writes_wait=_float(
+                env, "FRAMESTATS_REFUSED_WRITES_WAIT", cls.refused_writes_wait
             ),
             torch_threads=_int(env, "FRAMESTATS_TORCH_THREADS", cls.torch_threads),
             gpu_decode=(env.get("FRAMESTATS_GPU_DECODE") or cls.gpu_decode).strip().lower(),

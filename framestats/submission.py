@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, connection, jobs
+from . import __version__, connection, jobs, limits
 from .constants import DEFAULT_QUEUE, DEFAULT_STATS, MANIFEST_NAME, MASK_NAME, STATS
 from .errors import OptionError, OutputError
 from .inputs import masks
@@ -145,6 +145,7 @@ def prepare(request: SubmitRequest, settings: Settings) -> Prepared:
         request.invert,
         exclude,
         tuple((d.master, d.pixel_mask) for d in detectors if d.pixel_mask),
+        max_regions=settings.max_regions,
     )
     labels, n_regions = built.labels, built.n_regions
     saturated = [d for d in detectors if d.saturation is not None]
@@ -160,6 +161,13 @@ def prepare(request: SubmitRequest, settings: Settings) -> Prepared:
         sources[0].info.frame_bytes,
         settings.task_bytes,
         request.chunk_frames,
+    )
+    limits.check_output_size(  # FRAMESTATS_MAX_OUTPUT_GIB
+        sum(s.count for s in segments),
+        n_regions,
+        len(stats),
+        the_plan.boundaries,
+        settings.max_output_bytes,
     )
     job_id = uuid.uuid4().hex[:16]
     spec = JobSpec(
@@ -252,7 +260,7 @@ def enqueue(
     """Write the job's Redis state and publish the first window of tasks; returns tasks sent."""
     from .wire import publish_chunks  # Celery's message, without importing Celery
 
-    jobs.create(client, spec, pending, done)
+    jobs.create(client, spec, pending, done, ttl=settings.job_ttl)
     window = jobs.pop_pending(client, spec.job_id, settings.window)
     return publish_chunks(client, spec, window)
 

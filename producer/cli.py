@@ -257,6 +257,39 @@ def status(job: str | None, as_json: bool, limit: int) -> None:
 
 
 @cli.command()
+@click.option(
+    "--older-than",
+    default=None,
+    help="Only jobs that finished at least this long ago (90s, 30m, 12h, 7d).",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would go; change nothing.")
+@handle_errors
+def prune(older_than: str | None, dry_run: bool) -> None:
+    """Forget finished jobs now; remove the job folders of failed and cancelled ones."""
+    from framestats import connection, retention
+    from framestats.settings import parse_duration
+
+    try:
+        age = None if older_than is None else parse_duration(older_than)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from exc
+    cfg = settings()
+    client = connection.connect(cfg.redis_url)
+    connection.ping(client, cfg.redis_url_redacted)
+    done = retention.prune(client, age, cfg.data_root, dry_run)
+    states = ", ".join(f"{len(ids)} {state}" for state, ids in sorted(done.jobs.items()))
+    click.echo(
+        f"{'would forget' if dry_run else 'forgot'} {done.count} finished jobs"
+        + (f" ({states})" if states else "")
+        + f"; {'would remove' if dry_run else 'removed'} {len(done.folders)} job folders"
+    )
+    for folder in done.folders:
+        click.echo(f"  {folder}")
+    for folder, why in done.kept:
+        click.echo(f"kept {folder}: {why}", err=True)
+
+
+@cli.command()
 @click.argument("job")
 @handle_errors
 def watch(job: str) -> None:
@@ -396,4 +429,10 @@ def main() -> None:
     # The producer does no linear algebra: one BLAS thread spares every command the start
     # and join of numpy's thread pool.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    from framestats import redaction
+
+    try:  # nothing the commands print (errors, tracebacks) shows a password of REDIS_URL
+        redaction.install(settings().redis_url)
+    except ValueError:
+        pass  # a bad setting is reported by the command itself
     cli(prog_name="producer")

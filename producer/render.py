@@ -64,6 +64,11 @@ def job(d: dict[str, Any]) -> list[str]:
                 f", {d['chunks_requeued']} queued again (lost with a worker)"
                 if d.get("chunks_requeued")
                 else ""
+            )
+            + (
+                f", {d['chunks_redelivered']} delivered more than once"
+                if d.get("chunks_redelivered")
+                else ""
             ),
         ),
     ]

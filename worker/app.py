@@ -12,6 +12,7 @@ from typing import Any
 
 from celery.signals import worker_init
 
+from framestats import redaction
 from framestats.errors import ConfigError
 from framestats.settings import Settings
 
@@ -25,6 +26,9 @@ from .broker import check_safe, make_app
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 settings = Settings.from_env()
+# `celery -A worker.app worker|flower` starts here: its banner, logs and tracebacks are
+# written through streams that hide the broker's password in every spelling.
+redaction.install(settings.redis_url)
 app = make_app(settings, include=["worker.tasks"])
 
 

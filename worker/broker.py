@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from celery import Celery
 
-from framestats.connection import is_sentinel, sentinel_parts, unix_url
+from framestats.connection import canonical_url, is_sentinel, sentinel_parts, unix_url
 from framestats.constants import DEFAULT_QUEUE
 from framestats.errors import ConfigError
 from framestats.settings import Settings
@@ -44,7 +44,9 @@ def broker_url(url: str) -> tuple[str, dict[str, Any]]:
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings: JSON only, late acks, bounded prefetch, fast redelivery."""
-    url, transport_options = broker_url(settings.redis_url)
+    # Every form REDIS_URL takes (REDIS://, ?password=, a raw '/' in the password) as kombu
+    # reads it: the password the user meant, not a piece of it as a host name.
+    url, transport_options = broker_url(canonical_url(settings.redis_url))
     return {
         "broker_url": url,
         "broker_connection_retry_on_startup": True,

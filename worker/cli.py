@@ -154,8 +154,13 @@ def health() -> None:
 
 
 def main() -> None:
+    from framestats import redaction
     from framestats.errors import FramestatsError
 
+    try:  # before any log handler or banner exists: they write through the redacting streams
+        redaction.install(Settings.from_env().redis_url)
+    except ValueError:
+        pass  # a bad setting is reported by the command itself
     try:
         cli(prog_name="worker")
     except FramestatsError as exc:  # e.g. an unsafe (pickle) configuration: one line, no trace

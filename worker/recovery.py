@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from framestats import constants as C
-from framestats import monitor, wire
+from framestats import monitor, retention, wire
 from framestats.messages import JobSpec
 
 from .periodic import Periodic
@@ -256,11 +256,15 @@ class Sweeper:
         self.interval = interval
         self.load_spec = load_spec
         self._periodic = Periodic("lost-message sweep", interval, self._round)
+        self._trimmed = -float("inf")
 
     def once(self) -> list[Requeued]:
         ms = max(1, int(self.interval * 1000))
         if not self.client.set(C.SWEEP_LOCK, self.owner, nx=True, px=ms):
             return []
+        if time.monotonic() - self._trimmed >= retention.TRIM_INTERVAL:
+            self._trimmed = time.monotonic()  # expired jobs leave the index without a prune
+            retention.trim_index(self.client)
         return sweep(self.client, self.load_spec, self.interval)
 
     def _round(self) -> None:

@@ -18,6 +18,7 @@ from framestats import connection
 from framestats.jobdir import load_job
 from framestats.settings import Settings
 
+from . import refusals
 from .app import app
 from .context import JobCache
 from .heartbeat import Heartbeat
@@ -61,7 +62,9 @@ def runtime(node: str | None = None) -> Runtime:
     if _runtime is None or _runtime.heartbeat.pid != os.getpid():
         settings = Settings.from_env()
         device, label = _device_label(settings)
-        client = connection.connect(settings.redis_url)
+        client = connection.connect(
+            settings.redis_url, retry=refusals.retry(settings.refused_writes_wait)
+        )
         hb = Heartbeat(
             client,
             node or NODE.get("name", "worker"),

@@ -24,7 +24,7 @@ from framestats.messages import ChunkTask, JobSpec, JobState
 from framestats.output import output_job_id
 from framestats.wire import publish_chunks, publish_finalize
 
-from . import finalize
+from . import finalize, refusals
 from .app import app
 from .runtime import Runtime, runtime
 
@@ -48,6 +48,7 @@ def fail_job(
 
 
 @app.task(name=TASK_REDUCE, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+@refusals.ends_delivery  # Redis refusing writes for long: one log line, the chunk runs again
 def reduce_chunk(self: Task, payload: dict[str, Any]) -> str:
     try:
         task = ChunkTask.from_json(payload)
@@ -139,6 +140,7 @@ def reduce_chunk(self: Task, payload: dict[str, Any]) -> str:
 @app.task(
     name=TASK_FINALIZE, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None
 )
+@refusals.ends_delivery
 def finalize_job(self: Task, payload: dict[str, Any]) -> str:
     rt = runtime(self.request.hostname)
     job_id = str(payload.get("job_id", ""))

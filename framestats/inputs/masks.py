@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MaskError, OptionError
+from ..errors import LimitExceeded, MaskError, OptionError
 
 
 def sha256_file(path: str) -> str:
@@ -43,29 +43,46 @@ def load_array(path: str) -> np.ndarray:
     return array
 
 
-def to_labels(array: np.ndarray, source: str) -> np.ndarray:
-    """An int32 label image from a boolean, integer or integer-valued float mask."""
+#: Largest label an int32 label image holds.
+INT32_MAX = int(np.iinfo(np.int32).max)
+
+
+def to_labels(array: np.ndarray, source: str, max_regions: int = INT32_MAX) -> np.ndarray:
+    """An int32 label image from a boolean, integer or integer-valued float mask.
+
+    Labels must be whole numbers from 0 to ``max_regions`` (``FRAMESTATS_MAX_REGIONS``),
+    checked before the conversion: a float or int64 label beyond int32 would wrap around.
+    """
     if array.ndim != 2:
         raise MaskError(
             f"mask {source} is {array.ndim}-D {array.shape}; expected 2-D (height, width)"
         )
     if array.dtype == np.bool_:
         return array.astype(np.int32)
-    if array.dtype.kind in "ui":
-        if array.dtype.kind == "i" and array.size and array.min() < 0:
-            raise MaskError(f"mask {source} has negative labels; labels are 0 (none) or 1..K")
-        if array.size and int(array.max()) > np.iinfo(np.int32).max:
-            raise MaskError(f"mask {source} has labels beyond int32")
-        return array.astype(np.int32)
-    if array.dtype.kind == "f":
-        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
-            raise MaskError(
-                f"mask {source} is float with non-integer values; pass a boolean or integer label mask"
-            )
-        if array.size and array.min() < 0:
-            raise MaskError(f"mask {source} has negative labels; labels are 0 (none) or 1..K")
-        return array.astype(np.int32)
-    raise MaskError(f"mask {source} has dtype {array.dtype}; expected bool or integer labels")
+    if array.dtype.kind not in "uif":
+        raise MaskError(f"mask {source} has dtype {array.dtype}; expected bool or integer labels")
+    if array.dtype.kind == "f" and (
+        not np.all(np.isfinite(array)) or not np.all(array == np.round(array))
+    ):
+        raise MaskError(
+            f"mask {source} is float with non-integer values; pass a boolean or integer label mask"
+        )
+    if array.size and array.min() < 0:
+        raise MaskError(f"mask {source} has negative labels; labels are 0 (none) or 1..K")
+    top = array.max() if array.size else 0
+    if top > min(max_regions, INT32_MAX):
+        raise LimitExceeded(
+            f"mask {source} has a label of {_label_text(top)}: each label is a region (an "
+            f"output column), and at most {max_regions} are allowed (FRAMESTATS_MAX_REGIONS)",
+            "FRAMESTATS_MAX_REGIONS",
+            max_regions,
+        )
+    return array.astype(np.int32)
+
+
+def _label_text(value: Any) -> str:
+    number = float(value)
+    return str(int(number)) if number < 1e15 else f"{number:.3g}"
 
 
 def check_fits(labels: np.ndarray, frame_shape: tuple[int, int], source: str) -> int:
@@ -339,13 +356,14 @@ def build(
     invert: bool = False,
     exclude: tuple[str | ArrayMask, ...] = (),
     detector: tuple[tuple[str, str], ...] = (),
+    max_regions: int = INT32_MAX,
 ) -> BuiltMask:
     """The label image for ``--mask`` read by ``convention``, ``--invert``ed, minus bad pixels.
 
     ``exclude`` are bad-pixel mask specs (``--exclude``); ``detector`` are (master file,
     pixel mask dataset) pairs applied because the input is an Eiger master file. Region
     numbers K come from the region mask, before bad pixels are taken out, so output
-    columns keep the user's label numbers.
+    columns keep the user's label numbers; K is at most ``max_regions``.
     """
     if convention not in CONVENTIONS:
         raise OptionError(
@@ -356,7 +374,7 @@ def build(
     if convention == "nexus":
         labels = (~bad_pixels(main.array, spec)).astype(np.int32)
     else:
-        labels = to_labels(main.array, spec)
+        labels = to_labels(main.array, spec, max_regions)
     if invert:
         top = int(labels.max()) if labels.size else 0
         if top > 1:

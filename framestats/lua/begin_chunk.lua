@@ -5,6 +5,8 @@
 -- running; the worker's "current" field names the chunk only when it will run.
 local state = redis.call('hget', KEYS[1], 'state')
 if not state then return {false, 0} end
+-- a finished job's per-chunk hashes are gone: a late delivery must not bring one back
+if state == 'done' or state == 'failed' or state == 'cancelled' then return {state, 0} end
 local n = redis.call('hincrby', KEYS[2], ARGV[1], 1)
 if state == 'queued' then
   redis.call('hset', KEYS[1], 'state', 'running')

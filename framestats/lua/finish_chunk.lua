@@ -17,5 +17,12 @@ if redis.call('sadd', KEYS[2], ARGV[1]) == 1 then
 end
 local done = redis.call('scard', KEYS[2])
 local state = redis.call('hget', KEYS[1], 'state')
-if state ~= 'queued' and state ~= 'running' then return {done, false} end
+if state ~= 'queued' and state ~= 'running' then
+  local ttl = redis.call('pttl', KEYS[1])  -- a finished job's keys all expire with its hash
+  if ttl > 0 then
+    redis.call('pexpire', KEYS[2], ttl)
+    redis.call('pexpire', KEYS[3], ttl)
+  end
+  return {done, false}
+end
 return {done, successor(KEYS[5], KEYS[6], ARGV[1])}

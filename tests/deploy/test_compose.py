@@ -110,6 +110,32 @@ def test_redis_requires_a_password_and_persists() -> None:
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy", name
 
 
+_SIZE = re.compile(r"(?P<n>\d+)\s*(?P<unit>[kmg]?b?)", re.I)
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 10**6, "mb": 2**20, "g": 10**9, "gb": 2**30}
+
+
+def redis_bytes(text: str) -> int:
+    """A redis.conf memory size ("2gb", "512mb", "1000000") in bytes."""
+    m = _SIZE.fullmatch(text.strip())
+    assert m, f"not a Redis memory size: {text!r}"
+    return int(m["n"]) * _UNITS[m["unit"].lower()]
+
+
+@pytest.mark.parametrize("env", [ENV, {**ENV, "REDIS_MAXMEMORY": "512mb"}], ids=["default", "set"])
+def test_redis_memory_is_bounded_and_never_evicts(env: dict[str, str]) -> None:
+    """A maxmemory (0 would mean none) and noeviction: at the limit Redis refuses writes,
+    which the workers ride out (tests/faults/test_refused_writes.py), rather than
+    silently dropping queued chunks or job state."""
+    for files in STACKS.values():
+        words = argv(model(*files, env=env)["services"]["redis"])
+        assert words.count("--maxmemory") == 1 and words.count("--maxmemory-policy") == 1
+        limit = redis_bytes(words[words.index("--maxmemory") + 1])
+        assert 256 * 2**20 <= limit <= 64 * 2**30, limit
+        if "REDIS_MAXMEMORY" in env:
+            assert limit == redis_bytes(env["REDIS_MAXMEMORY"])
+        assert words[words.index("--maxmemory-policy") + 1] == "noeviction"
+
+
 @pytest.mark.parametrize("stack", STACKS)
 def test_no_port_is_published_beyond_localhost(stack: str) -> None:
     # Raw values (env=None): no variable may move the bind address off 127.0.0.1.

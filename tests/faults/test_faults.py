@@ -169,7 +169,7 @@ def test_message_lost_in_flight_is_queued_again(
     assert_identical(job.output, reference)
     assert int(data["frames_done"]) == N_FRAMES
     assert int(data.get("requeued", 0)) == 1, data
-    assert job.deliveries()[lost] == 1
+    assert lost not in job.deliveries()  # ended: only chunks delivered more than once
     assert f"chunk {lost}" in log and "queued again" in log
     res = run_producer(fault_redis.url(), "status", job.job_id, "--json", env=worker_env)
     assert res.returncode == 0, res.stderr

@@ -32,6 +32,13 @@ def servers(tmp_path_factory):
     master = PrivateRedis(os.path.join(folder, "master"), password=PASSWORD,
                           extra=("--unixsocket", sock, "--unixsocketperm", "700"))  # fmt: skip
     master.start()
+    try:
+        yield from _with_sentinel(folder, sock, master)
+    finally:
+        master.stop()
+
+
+def _with_sentinel(folder: str, sock: str, master: PrivateRedis):
     conf = os.path.join(folder, "sentinel.conf")
     sentinel_port = free_port()
     with open(conf, "w") as fh:
@@ -50,7 +57,6 @@ def servers(tmp_path_factory):
     finally:
         sentinel.terminate()
         sentinel.wait(10)
-        master.stop()
 
 
 def _answers(client: redis.Redis) -> bool:

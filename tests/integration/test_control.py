@@ -63,6 +63,9 @@ def test_cancel_computes_no_queued_chunk(redis_url, tmp_path):
         job = as_json(redis_url, "status", job_id)
         assert job["state"] == "cancelled"
         assert job["chunks_done"] == job["frames_done"] == 0
+        # Every delivered task was skipped, and brought back no per-chunk hash of the
+        # ended job (docs/guarantees.md, retention).
+        assert not client.exists(C.job_attempts_key(job_id), C.job_successors_key(job_id))
         # Every delivered task was counted, and skipped.
         assert int(client.hlen(C.job_attempts_key(job_id))) == 64
         assert not os.path.exists(out)
