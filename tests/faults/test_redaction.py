@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 
 from producer.samples import detector_frames, write_stack
-from tests.faults.util import FAULT_ENV, PrivateRedis, free_port, full_log, wait_until
-from tests.support.workers import run_producer, start_worker
+from tests.faults.util import FAULT_ENV, PrivateRedis, full_log
+from tests.support.wait import wait_until
+from tests.support.workers import free_port, run_producer, start_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

@@ -20,9 +20,10 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.faults.util import N_FRAMES, STATS, free_port, full_log, wait_until
+from tests.faults.util import N_FRAMES, STATS, full_log
 from tests.support.reference import reference
-from tests.support.workers import start_worker
+from tests.support.wait import wait_until
+from tests.support.workers import free_port, start_worker
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 

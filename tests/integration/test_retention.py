@@ -18,6 +18,7 @@ from framestats import constants as C
 from framestats import jobs
 from framestats.messages import JobSpec, JobState, Segment
 from producer.samples import detector_frames, write_stack
+from tests.support.wait import wait_until
 from tests.support.workers import run_producer
 
 pytestmark = pytest.mark.integration
@@ -56,10 +57,10 @@ def job_key_ttls(client, job_id: str) -> dict[str, int]:
 
 
 def wait_gone(client, job_ids: list[str], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while any(job_key_ttls(client, j) for j in job_ids):
-        assert time.monotonic() < deadline, {j: job_key_ttls(client, j) for j in job_ids}
-        time.sleep(0.1)
+    def gone() -> bool:
+        return not any(job_key_ttls(client, j) for j in job_ids)
+
+    wait_until(gone, timeout, f"every key of {job_ids} gone", interval=0.1)
 
 
 def test_ended_jobs_keep_their_keys_for_job_ttl_then_lose_them(
