@@ -160,7 +160,7 @@ class Job:
         from . import constants as C
 
         pipe.hgetall(C.job_key(self.id))
-        pipe.scard(C.job_done_key(self.id))
+        pipe.scard(C.job_key(self.id, C.JobPart.DONE))
         data, done = pipe.execute()
         return (data or None), int(done)
 

@@ -6,6 +6,8 @@ code base spells a key by hand.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 #: Statistics a job can ask for, in the order they are written to the output.
 STATS: tuple[str, ...] = ("sum", "mean", "count", "min", "max", "std")
 #: Statistics computed when ``--stats`` is not given.
@@ -47,70 +49,37 @@ ARRAY_MASK_NAME = "mask-{role}.npy"
 CHUNKS_DIR = "chunks"
 
 
-def job_key(job_id: str) -> str:
-    """Hash with the job's parameters, state and counters."""
-    return f"{KEY_PREFIX}job:{job_id}"
+class JobPart(StrEnum):
+    """The keys of one job besides its hash: ``job_key(job_id, JobPart.DONE)``."""
+
+    #: Set of chunk indices whose result is committed.
+    DONE = "done"
+    #: List of chunk indices not yet published (the window is topped up from it).
+    PENDING = "pending"
+    #: Hash chunk index -> deliveries seen, to stop a chunk that kills its worker.
+    ATTEMPTS = "attempts"
+    #: List of recent chunk errors (JSON), newest first.
+    ERRORS = "errors"
+    #: Hash worker id -> frames computed for this job (per-worker share).
+    WORKERS = "workers"
+    #: Lock held by the one process that writes the job's output.
+    FINALIZE_LOCK = "finalize-lock"
+    #: List the job's final state is pushed to, so that ``--wait`` wakes at once.
+    EVENTS = "events"
+    #: Hash chunk index -> the pending chunk its completion released ('+' once published).
+    SUCCESSORS = "successors"
+    #: Hash chunk index (or "finalize") -> when the sweep first found no message for it.
+    MISSING = "missing"
 
 
-def job_done_key(job_id: str) -> str:
-    """Set of chunk indices whose result is committed."""
-    return f"{KEY_PREFIX}job:{job_id}:done"
-
-
-def job_pending_key(job_id: str) -> str:
-    """List of chunk indices not yet published (the window is topped up from it)."""
-    return f"{KEY_PREFIX}job:{job_id}:pending"
-
-
-def job_attempts_key(job_id: str) -> str:
-    """Hash chunk index -> deliveries seen, to stop a chunk that kills its worker."""
-    return f"{KEY_PREFIX}job:{job_id}:attempts"
-
-
-def job_errors_key(job_id: str) -> str:
-    """List of recent chunk errors (JSON), newest first."""
-    return f"{KEY_PREFIX}job:{job_id}:errors"
-
-
-def job_workers_key(job_id: str) -> str:
-    """Hash worker id -> frames computed for this job (per-worker share)."""
-    return f"{KEY_PREFIX}job:{job_id}:workers"
-
-
-def job_finalize_lock_key(job_id: str) -> str:
-    """Lock held by the one process that writes the job's output."""
-    return f"{KEY_PREFIX}job:{job_id}:finalize-lock"
-
-
-def job_events_key(job_id: str) -> str:
-    """List the job's final state is pushed to, so that ``--wait`` wakes at once."""
-    return f"{KEY_PREFIX}job:{job_id}:events"
-
-
-def job_successors_key(job_id: str) -> str:
-    """Hash chunk index -> the pending chunk its completion released ('+' once published)."""
-    return f"{KEY_PREFIX}job:{job_id}:successors"
-
-
-def job_missing_key(job_id: str) -> str:
-    """Hash chunk index (or "finalize") -> when the sweep first found no message for it."""
-    return f"{KEY_PREFIX}job:{job_id}:missing"
+def job_key(job_id: str, part: JobPart | None = None) -> str:
+    """The hash with the job's parameters, state and counters, or one of its other keys."""
+    return f"{KEY_PREFIX}job:{job_id}" + (f":{part.value}" if part else "")
 
 
 def job_keys(job_id: str) -> list[str]:
     """Every key that belongs to one job."""
-    return [
-        job_key(job_id),
-        job_done_key(job_id),
-        job_pending_key(job_id),
-        job_attempts_key(job_id),
-        job_errors_key(job_id),
-        job_workers_key(job_id),
-        job_finalize_lock_key(job_id),
-        job_events_key(job_id),
-        job_successors_key(job_id),
-        job_missing_key(job_id),
-    ]
+    return [job_key(job_id), *(job_key(job_id, part) for part in JobPart)]
 
 
 def worker_key(worker_id: str) -> str:

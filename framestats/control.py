@@ -109,7 +109,7 @@ def stop(client: Any, job_id: str, reason: str, wait: float) -> None:
 
     def quiet() -> bool:
         running = any(w["current"].startswith(mine) for w in monitor.workers(client, 3600.0))
-        return not running and not client.exists(C.job_finalize_lock_key(job_id))
+        return not running and not client.exists(C.job_key(job_id, C.JobPart.FINALIZE_LOCK))
 
     _wait_until(quiet, wait)
 

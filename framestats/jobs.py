@@ -102,7 +102,7 @@ def create(
     pipe.zadd(C.JOBS_INDEX, {spec.job_id: spec.created})
     pipe.sadd(C.ACTIVE_JOBS, spec.job_id)
     for i in range(0, len(done), _PUSH_BATCH):
-        pipe.sadd(C.job_done_key(spec.job_id), *done[i : i + _PUSH_BATCH])
+        pipe.sadd(C.job_key(spec.job_id, C.JobPart.DONE), *done[i : i + _PUSH_BATCH])
     pipe.execute()
     push_pending(client, spec.job_id, pending)
 
@@ -111,13 +111,13 @@ def push_pending(client: Client, job_id: str, indices: Iterable[int]) -> None:
     items = list(indices)
     pipe = client.pipeline(transaction=False)
     for i in range(0, len(items), _PUSH_BATCH):
-        pipe.rpush(C.job_pending_key(job_id), *items[i : i + _PUSH_BATCH])
+        pipe.rpush(C.job_key(job_id, C.JobPart.PENDING), *items[i : i + _PUSH_BATCH])
     pipe.execute()
 
 
 def pop_pending(client: Client, job_id: str, count: int = 1) -> list[int]:
     """Take up to ``count`` chunk indices off the pending list."""
-    got = client.lpop(C.job_pending_key(job_id), count)
+    got = client.lpop(C.job_key(job_id, C.JobPart.PENDING), count)
     return [int(x) for x in got] if got else []
 
 
@@ -133,7 +133,7 @@ def take_successor(client: Client, job_id: str, index: int) -> list[int] | None:
     chunk again: nothing pending is lost. ``[]`` when nothing is pending; None when the
     successor was already published (``successor_published``).
     """
-    keys = [C.job_pending_key(job_id), C.job_successors_key(job_id)]
+    keys = [C.job_key(job_id, C.JobPart.PENDING), C.job_key(job_id, C.JobPart.SUCCESSORS)]
     got = scripts.run(client, "take_successor", keys, [str(index)])
     return _successor(got)
 
@@ -149,7 +149,7 @@ def successor_published(client: Client, job_id: str, index: int, successor: list
 
     Not once the job has finished: its successors hash is gone and must stay so.
     """
-    keys = (C.job_key(job_id), C.job_successors_key(job_id))
+    keys = (C.job_key(job_id), C.job_key(job_id, C.JobPart.SUCCESSORS))
     scripts.run(
         client, "mark_published", list(keys), [str(index), "+" + ",".join(map(str, successor))]
     )
@@ -166,7 +166,7 @@ def state(client: Client, job_id: str) -> JobState | None:
 
 
 def chunks_done(client: Client, job_id: str) -> int:
-    return int(client.scard(C.job_done_key(job_id)))
+    return int(client.scard(C.job_key(job_id, C.JobPart.DONE)))
 
 
 def begin_chunk(
@@ -184,7 +184,7 @@ def begin_chunk(
     chunk in the same script, only when the chunk will run: the job is running and this
     is delivery ``max_deliveries`` or earlier.
     """
-    keys = [C.job_key(job_id), C.job_attempts_key(job_id)]
+    keys = [C.job_key(job_id), C.job_key(job_id, C.JobPart.ATTEMPTS)]
     args: list[Any] = [str(index), time.time()]
     if runner is not None:
         keys.append(runner[0])
@@ -215,11 +215,11 @@ def finish_chunk(
     """
     keys = [
         C.job_key(job_id),
-        C.job_done_key(job_id),
-        C.job_workers_key(job_id),
+        C.job_key(job_id, C.JobPart.DONE),
+        C.job_key(job_id, C.JobPart.WORKERS),
         C.METRICS_KEY,
-        C.job_pending_key(job_id),
-        C.job_successors_key(job_id),
+        C.job_key(job_id, C.JobPart.PENDING),
+        C.job_key(job_id, C.JobPart.SUCCESSORS),
     ]
     pipe = client.pipeline(transaction=False)
     args: list[Any] = [index, frames, nbytes, worker, time.time(), *(note or ())]
@@ -236,12 +236,12 @@ def record_error(
     entry = json.dumps(
         {"chunk": index, "frames": list(frames), "reason": reason, "time": time.time()}
     )
-    keys = (C.job_key(job_id), C.job_errors_key(job_id), C.METRICS_KEY)
+    keys = (C.job_key(job_id), C.job_key(job_id, C.JobPart.ERRORS), C.METRICS_KEY)
     scripts.run(client, "record_error", list(keys), [entry])
 
 
 def errors(client: Client, job_id: str, limit: int = 10) -> list[dict[str, Any]]:
-    return [json.loads(e) for e in client.lrange(C.job_errors_key(job_id), 0, limit - 1)]
+    return [json.loads(e) for e in client.lrange(C.job_key(job_id, C.JobPart.ERRORS), 0, limit - 1)]
 
 
 def finish(
@@ -273,7 +273,9 @@ def finish(
                 if publishing and new_state is JobState.CANCELLED:
                     pipe.unwatch()  # the output is being renamed into place: too late
                     return False
-                again = scripts.run(pipe, "redelivered", [C.job_attempts_key(job_id)], [])
+                again = scripts.run(
+                    pipe, "redelivered", [C.job_key(job_id, C.JobPart.ATTEMPTS)], []
+                )
                 pipe.multi()
                 fields: dict[str, Any] = {"state": new_state.value, "finished": time.time()}
                 if again:  # what the dropped attempts hash showed worth keeping
@@ -327,10 +329,10 @@ def _ttl(field: str | None) -> int:
 def chunk_keys(job_id: str) -> list[str]:
     """The keys that track single chunks while a job runs, dropped as soon as it ends."""
     return [
-        C.job_pending_key(job_id),
-        C.job_attempts_key(job_id),
-        C.job_successors_key(job_id),
-        C.job_missing_key(job_id),
+        C.job_key(job_id, C.JobPart.PENDING),
+        C.job_key(job_id, C.JobPart.ATTEMPTS),
+        C.job_key(job_id, C.JobPart.SUCCESSORS),
+        C.job_key(job_id, C.JobPart.MISSING),
     ]
 
 
@@ -339,14 +341,17 @@ def expire_finished(pipe: Any, job_id: str, ttl: int) -> None:
     pipe.delete(*chunk_keys(job_id))
     if ttl > 0:
         dropped = set(chunk_keys(job_id))
-        lock, events = C.job_finalize_lock_key(job_id), C.job_events_key(job_id)
+        lock, events = (
+            C.job_key(job_id, C.JobPart.FINALIZE_LOCK),
+            C.job_key(job_id, C.JobPart.EVENTS),
+        )
         for name in C.job_keys(job_id):
             if name not in dropped and name not in (lock, events):  # these expire on their own
                 pipe.expire(name, ttl)
 
 
 def _notify(pipe: Any, job_id: str, new_state: JobState) -> None:
-    keys = (C.job_key(job_id), C.job_events_key(job_id))
+    keys = (C.job_key(job_id), C.job_key(job_id, C.JobPart.EVENTS))
     scripts.run(pipe, "notify", list(keys), [new_state.value, _EVENTS_TTL * 1000])
 
 
@@ -359,7 +364,7 @@ def notify_finished(client: Client, job_id: str, new_state: JobState) -> None:
 
 def wait_finished(client: Client, job_id: str, timeout: float) -> None:
     """Sleep up to ``timeout`` seconds, waking as soon as ``finish`` is called for the job."""
-    client.blpop([C.job_events_key(job_id)], timeout=timeout)
+    client.blpop([C.job_key(job_id, C.JobPart.EVENTS)], timeout=timeout)
 
 
 def count_finalize(client: Client, job_id: str) -> int:
@@ -375,18 +380,20 @@ def begin_finalize(client: Client, job_id: str) -> JobState | None:
 
 def acquire_finalize(client: Client, job_id: str, token: str, ttl: float) -> bool:
     """Take the job's finalize lock for ``ttl`` seconds, unless another process holds it."""
-    return bool(client.set(C.job_finalize_lock_key(job_id), token, nx=True, px=int(ttl * 1000)))
+    return bool(
+        client.set(C.job_key(job_id, C.JobPart.FINALIZE_LOCK), token, nx=True, px=int(ttl * 1000))
+    )
 
 
 def renew_finalize(client: Client, job_id: str, token: str, ttl: float) -> bool:
     """Extend the finalize lock by ``ttl`` seconds; False when it is no longer the caller's."""
-    key = C.job_finalize_lock_key(job_id)
+    key = C.job_key(job_id, C.JobPart.FINALIZE_LOCK)
     return bool(scripts.run(client, "renew_lock", [key], [token, int(ttl * 1000)]))
 
 
 def release_finalize(client: Client, job_id: str, token: str) -> None:
     """Free the finalize lock if it is still the caller's."""
-    scripts.run(client, "release_lock", [C.job_finalize_lock_key(job_id)], [token])
+    scripts.run(client, "release_lock", [C.job_key(job_id, C.JobPart.FINALIZE_LOCK)], [token])
 
 
 def retry_finalize(client: Client, job_id: str) -> None:
@@ -399,7 +406,7 @@ def may_publish(client: Client, job_id: str, token: str) -> bool:
     still holds the lock and the job is still finalizing (marked "publishing" then, and
     a cancel no longer applies). A finalizer paused past its lock, or a job cancelled
     meanwhile, gets False and must publish nothing."""
-    keys = [C.job_finalize_lock_key(job_id), C.job_key(job_id)]
+    keys = [C.job_key(job_id, C.JobPart.FINALIZE_LOCK), C.job_key(job_id)]
     return bool(scripts.run(client, "publish_gate", keys, [token]))
 
 
@@ -417,7 +424,7 @@ def recent(client: Client, limit: int = 50) -> list[dict[str, str]]:
     pipe = client.pipeline(transaction=False)
     for job_id in ids:
         pipe.hgetall(C.job_key(job_id))
-        pipe.scard(C.job_done_key(job_id))
+        pipe.scard(C.job_key(job_id, C.JobPart.DONE))
     raw = pipe.execute()
     out = []
     for i in range(0, len(raw), 2):

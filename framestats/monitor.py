@@ -112,12 +112,12 @@ def job_detail(client: Client, job_id: str, worker_timeout: float) -> dict[str, 
     """One job in detail: parameters, progress, rate, per-worker share, last errors."""
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(C.job_key(job_id))
-    pipe.scard(C.job_done_key(job_id))
-    pipe.llen(C.job_pending_key(job_id))
-    pipe.hgetall(C.job_workers_key(job_id))
-    pipe.lrange(C.job_errors_key(job_id), 0, 9)
-    pipe.llen(C.job_errors_key(job_id))
-    pipe.hlen(C.job_attempts_key(job_id))
+    pipe.scard(C.job_key(job_id, C.JobPart.DONE))
+    pipe.llen(C.job_key(job_id, C.JobPart.PENDING))
+    pipe.hgetall(C.job_key(job_id, C.JobPart.WORKERS))
+    pipe.lrange(C.job_key(job_id, C.JobPart.ERRORS), 0, 9)
+    pipe.llen(C.job_key(job_id, C.JobPart.ERRORS))
+    pipe.hlen(C.job_key(job_id, C.JobPart.ATTEMPTS))
     data, done, pending, shares, errors, n_errors, attempted = pipe.execute()
     if not data:
         return None
@@ -375,7 +375,7 @@ def overview(
     pipe = client.pipeline(transaction=False)
     for job_id in recent:
         pipe.hgetall(C.job_key(job_id))
-        pipe.scard(C.job_done_key(job_id))
+        pipe.scard(C.job_key(job_id, C.JobPart.DONE))
     for worker_id in worker_ids:
         pipe.hgetall(C.worker_key(worker_id))
     raw = pipe.execute()

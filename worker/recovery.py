@@ -117,8 +117,8 @@ def _short_queues(client: Any, active: list[_Job], queues: set[str]) -> set[str]
     on = [job for job in active if job.queue in queues]
     pipe = client.pipeline(transaction=True)
     for job in on:
-        pipe.scard(C.job_done_key(job.job_id))
-        pipe.llen(C.job_pending_key(job.job_id))
+        pipe.scard(C.job_key(job.job_id, C.JobPart.DONE))
+        pipe.llen(C.job_key(job.job_id, C.JobPart.PENDING))
     names = sorted(queues)
     for queue in names:
         for key in wire.queue_keys(queue):
@@ -177,7 +177,7 @@ def sweep(
     active = _active(client)
     jobs_ = _stalled(active, now, stall)
     short = _short_queues(client, active, {job.queue for job in jobs_})
-    whole = [C.job_missing_key(job.job_id) for job in jobs_ if job.queue not in short]
+    whole = [C.job_key(job.job_id, C.JobPart.MISSING) for job in jobs_ if job.queue not in short]
     if whole:  # every chunk there has a message: nothing is nowhere
         client.delete(*whole)
     jobs_ = [job for job in jobs_ if job.queue in short]
@@ -187,9 +187,9 @@ def sweep(
     # One snapshot: nothing moves between the done sets, the queues and the unacked hash.
     pipe = client.pipeline(transaction=True)
     for job in jobs_:
-        pipe.smembers(C.job_done_key(job.job_id))
-        pipe.lrange(C.job_pending_key(job.job_id), 0, -1)
-        pipe.hgetall(C.job_missing_key(job.job_id))
+        pipe.smembers(C.job_key(job.job_id, C.JobPart.DONE))
+        pipe.lrange(C.job_key(job.job_id, C.JobPart.PENDING), 0, -1)
+        pipe.hgetall(C.job_key(job.job_id, C.JobPart.MISSING))
     for queue in queues:
         for key in wire.queue_keys(queue):
             pipe.lrange(key, 0, -1)
@@ -217,7 +217,7 @@ def sweep(
         if FINALIZE in due:
             wire.publish_finalize(pipe, job.job_id, job.manifest, job.queue)
         pipe.hincrby(C.job_key(job.job_id), "requeued", len(due))
-        pipe.hdel(C.job_missing_key(job.job_id), *due)
+        pipe.hdel(C.job_key(job.job_id, C.JobPart.MISSING), *due)
         pipe.execute()
         log.warning(
             "job %s: no message anywhere for %s after %.0f s (lost with a worker); queued again",
@@ -233,7 +233,7 @@ def _remember(
     client: Any, job_id: str, lost: set[str], seen: dict[str, str], now: float, grace: float
 ) -> None:
     """Note when each lost item was first found nowhere; forget those found again."""
-    key = C.job_missing_key(job_id)
+    key = C.job_key(job_id, C.JobPart.MISSING)
     pipe = client.pipeline(transaction=False)
     new = {x: now for x in lost if x not in seen}
     if new:

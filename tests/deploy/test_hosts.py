@@ -47,7 +47,7 @@ def test_two_hosts_share_one_job(tmp_path, redis_url, redis_client):
         for host in hosts:
             host.stop()
     # Then: both hosts computed chunks, and the output matches numpy
-    share_by_worker = redis_client.hgetall(C.job_workers_key(job_id))
+    share_by_worker = redis_client.hgetall(C.job_key(job_id, C.JobPart.WORKERS))
     nodes = {worker.split("@", 1)[0] for worker in share_by_worker}
     assert nodes == {"hosta", "hostb"}, share_by_worker
     assert sum(int(v) for v in share_by_worker.values()) == 48

@@ -270,7 +270,7 @@ def test_duplicate_messages_are_not_counted_twice(
     frame_bytes = int(data["frame_bytes"])
     assert int(data["frames_done"]) == N_FRAMES
     assert int(data["bytes_done"]) == N_FRAMES * frame_bytes
-    shares = fault_client.hgetall(C.job_workers_key(job.job_id))
+    shares = fault_client.hgetall(C.job_key(job.job_id, C.JobPart.WORKERS))
     assert sum(int(v) for v in shares.values()) == N_FRAMES, shares
 
 

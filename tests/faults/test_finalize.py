@@ -47,7 +47,7 @@ def wide(fault_root: str) -> tuple[np.ndarray, str, str, np.ndarray]:
 
 def holder_pid(client, job_id: str) -> int | None:
     """The pid of the process holding the job's finalize lock (its token names it)."""
-    token = client.get(C.job_finalize_lock_key(job_id))
+    token = client.get(C.job_key(job_id, C.JobPart.FINALIZE_LOCK))
     return int(token.split(":")[-2]) if token else None
 
 

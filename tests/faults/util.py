@@ -286,7 +286,7 @@ class Job:
     def deliveries(self) -> dict[int, int]:
         """Chunk index -> deliveries so far; once the job has ended (its attempts hash
         dropped), only the chunks delivered more than once (``jobs.redelivered``)."""
-        raw = self.client.hgetall(C.job_attempts_key(self.job_id))
+        raw = self.client.hgetall(C.job_key(self.job_id, C.JobPart.ATTEMPTS))
         if not raw and self.state() in ("done", "failed", "cancelled"):
             return jobs.redelivered(self.data())
         return {int(k): int(v) for k, v in raw.items()}

@@ -389,7 +389,7 @@ def test_status_of_300_jobs_lists_them_all_newest_first(redis_url, redis_client)
                 "chunks_failed": 0,
             },
         )
-        pipe.sadd(C.job_done_key(job_id), *range(i % 50 + 1))
+        pipe.sadd(C.job_key(job_id, C.JobPart.DONE), *range(i % 50 + 1))
         pipe.zadd(C.JOBS_INDEX, {job_id: now - 300 + i})
     pipe.execute()
     try:

@@ -134,7 +134,7 @@ def test_two_processes_give_identical_output(
         assert outs[0][key].tobytes() == outs[1][key].tobytes(), key
     check_against_reference(outs[0], frames, np.load(tmp_path / "m.npy"), ("sum", "mean", "std"))
     # Both pool processes of the two-process worker computed chunks of the first job.
-    share = redis_client.hgetall(C.job_workers_key(job_ids[0]))
+    share = redis_client.hgetall(C.job_key(job_ids[0], C.JobPart.WORKERS))
     assert len(share) == 2 and sum(int(v) for v in share.values()) == 64
     # Their heartbeats (written with each chunk's commit) count those frames, and name no
     # chunk as current once the job is done.

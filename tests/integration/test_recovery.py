@@ -94,22 +94,22 @@ def test_a_lost_chunk_is_queued_again_once(client):
     running(client, spec)
     take(client, spec, 1, to_unacked=True)  # a worker holds it: not lost
     take(client, spec, 2)  # lost
-    client.sadd(C.job_done_key(spec.job_id), 0)
+    client.sadd(C.job_key(spec.job_id, C.JobPart.DONE), 0)
     take(client, spec, 0)  # done and acknowledged
     assert run(client, spec, T0 + 1) == []  # not stalled yet: nothing looked at
-    assert client.hgetall(C.job_missing_key(spec.job_id)) == {}
+    assert client.hgetall(C.job_key(spec.job_id, C.JobPart.MISSING)) == {}
     assert run(client, spec, T0 + 2) == []  # stalled: chunk 2 noted, not yet queued
-    assert client.hkeys(C.job_missing_key(spec.job_id)) == ["2"]
+    assert client.hkeys(C.job_key(spec.job_id, C.JobPart.MISSING)) == ["2"]
     assert run(client, spec, T0 + 3) == []
     got = run(client, spec, T0 + 4)
     assert [(r.job_id, r.chunks, r.finalize) for r in got] == [(spec.job_id, (2,), False)]
     assert queued(client, spec) == [(TASK_REDUCE, 2), (TASK_REDUCE, 3)]
     assert client.hget(C.job_key(spec.job_id), "requeued") == "1"
-    assert client.hgetall(C.job_missing_key(spec.job_id)) == {}
+    assert client.hgetall(C.job_key(spec.job_id, C.JobPart.MISSING)) == {}
     assert run(client, spec, T0 + 10) == []  # it has a message again
     assert len(queued(client, spec)) == 2
     # pending chunks are never queued by the sweep: only the successor rule releases them
-    assert client.lrange(C.job_pending_key(spec.job_id), 0, -1) == ["4", "5"]
+    assert client.lrange(C.job_key(spec.job_id, C.JobPart.PENDING), 0, -1) == ["4", "5"]
 
 
 def test_a_message_found_again_is_forgotten(client):
@@ -118,10 +118,10 @@ def test_a_message_found_again_is_forgotten(client):
     raw = client.lindex(spec.queue, -1)  # chunk 0, next to be taken
     take(client, spec, 0)
     assert run(client, spec, T0 + 2) == []
-    assert client.hkeys(C.job_missing_key(spec.job_id)) == ["0"]
+    assert client.hkeys(C.job_key(spec.job_id, C.JobPart.MISSING)) == ["0"]
     client.rpush(spec.queue, raw)  # it was only in transit
     assert run(client, spec, T0 + 5) == []
-    assert client.hgetall(C.job_missing_key(spec.job_id)) == {}
+    assert client.hgetall(C.job_key(spec.job_id, C.JobPart.MISSING)) == {}
     assert queued(client, spec) == [(TASK_REDUCE, i) for i in range(4)]
 
 
@@ -131,7 +131,7 @@ def test_a_job_making_progress_is_not_looked_at(client):
     for t in range(0, 20, 1):
         running(client, spec, last=T0 + t)  # progress every second
         assert run(client, spec, T0 + t + 1) == []
-    assert client.hgetall(C.job_missing_key(spec.job_id)) == {}
+    assert client.hgetall(C.job_key(spec.job_id, C.JobPart.MISSING)) == {}
 
 
 def test_the_finalize_task_of_a_finished_job_is_queued_again(client):
@@ -139,7 +139,7 @@ def test_the_finalize_task_of_a_finished_job_is_queued_again(client):
     running(client, spec)
     for i in range(4):
         take(client, spec, i)
-        client.sadd(C.job_done_key(spec.job_id), i)
+        client.sadd(C.job_key(spec.job_id, C.JobPart.DONE), i)
     run(client, spec, T0 + 2)
     got = run(client, spec, T0 + 4)
     assert [(r.chunks, r.finalize) for r in got] == [((), True)]
@@ -162,7 +162,7 @@ def test_a_queued_job_waits_for_its_queue_to_go_quiet(client):
     for t in range(0, 10):
         running(client, busy, last=T0 + t)  # the queue's other job moves on
         assert run(client, waiting, T0 + t + 1) == []
-    assert client.hgetall(C.job_missing_key(waiting.job_id)) == {}
+    assert client.hgetall(C.job_key(waiting.job_id, C.JobPart.MISSING)) == {}
     run(client, waiting, T0 + 11)
     got = run(client, waiting, T0 + 13)
     assert [(r.job_id, r.chunks) for r in got] == [(waiting.job_id, (0,))]
@@ -186,10 +186,10 @@ def test_one_sweep_per_interval_across_processes(client):
     second = Sweeper(client, "b", 30.0, lambda m, j: spec)
     first.once()
     assert client.get(C.SWEEP_LOCK) == "a"
-    assert client.hkeys(C.job_missing_key(spec.job_id)) == ["2"]
-    client.delete(C.job_missing_key(spec.job_id))
+    assert client.hkeys(C.job_key(spec.job_id, C.JobPart.MISSING)) == ["2"]
+    client.delete(C.job_key(spec.job_id, C.JobPart.MISSING))
     second.once()  # within a's interval: does nothing
-    assert client.hgetall(C.job_missing_key(spec.job_id)) == {}
+    assert client.hgetall(C.job_key(spec.job_id, C.JobPart.MISSING)) == {}
 
 
 def test_messages_are_read_only_when_a_queue_comes_up_short(client, monkeypatch):

@@ -61,7 +61,9 @@ def test_overwrite_over_a_running_job_cancels_it_and_equals_a_clean_run(
         first = submit(redis_url, data, str(tmp_path / "m1.npy"), out, worker.queue)
         assert first.returncode == 0, first.stderr
         old = first.stdout.split()[0]
-        wait_until(lambda: redis_client.scard(C.job_done_key(old)) >= 2, 60, "M1 running")
+        wait_until(
+            lambda: redis_client.scard(C.job_key(old, C.JobPart.DONE)) >= 2, 60, "M1 running"
+        )
         second = submit(redis_url, data, str(tmp_path / "m2.npy"), out, worker.queue,
                         "--overwrite", "--wait")  # fmt: skip
         assert second.returncode == 0, second.stderr + worker.log()

@@ -76,10 +76,15 @@ class WorkerProcess:
         self.proc.wait(10)
 
 
+#: Keys live workers set and drop on their own schedule: the sweep's lock, and kombu's
+#: lock around restoring unacknowledged messages.
+TRANSIENT_KEYS = {C.SWEEP_LOCK, "unacked_mutex"}
+
+
 def stored_keys(client: Any) -> set[str]:
-    """Every key in the database but the sweep's lock (live workers set and drop it on
-    their own schedule): what a refused command must leave exactly as it found it."""
-    return {k.decode() if isinstance(k, bytes) else k for k in client.keys("*")} - {C.SWEEP_LOCK}
+    """Every key in the database but ``TRANSIENT_KEYS``: what a refused command must
+    leave exactly as it found it."""
+    return {k.decode() if isinstance(k, bytes) else k for k in client.keys("*")} - TRANSIENT_KEYS
 
 
 def start_worker(

@@ -69,9 +69,9 @@ def test_installed_versions_are_in_the_pinned_ranges(name):
 
 
 def test_kombu_redis_names_are_those_monitor_reads():
-    assert kombu_redis.Channel.unacked_key == monitor.UNACKED_KEY
-    assert kombu_redis.Channel.sep == monitor.PRIORITY_SEP
-    assert tuple(kombu_redis.Channel.priority_steps) == monitor.PRIORITY_STEPS
+    assert kombu_redis.Channel.unacked_key == wire.UNACKED_KEY
+    assert kombu_redis.Channel.sep == wire.PRIORITY_SEP
+    assert tuple(kombu_redis.Channel.priority_steps) == wire.PRIORITY_STEPS
 
 
 @pytest.mark.parametrize(("cls", "method"), OVERRIDDEN, ids=lambda v: getattr(v, "__name__", v))
@@ -116,26 +116,26 @@ def test_queue_lists_and_unacked_hash_are_laid_out_as_read(redis_url, redis_clie
     try:
         with Connection(redis_url, transport=transport.Transport) as conn:
             channel = conn.default_channel
-            assert [channel._q_for_pri(queue, p) for p in monitor.PRIORITY_STEPS] == (
-                monitor.queue_keys(queue)
+            assert [channel._q_for_pri(queue, p) for p in wire.PRIORITY_STEPS] == (
+                wire.queue_keys(queue)
             )
-            for step in monitor.PRIORITY_STEPS:  # one list per priority step
+            for step in wire.PRIORITY_STEPS:  # one list per priority step
                 app.send_task(TASK_REDUCE, args=[payload], queue=queue, priority=step)
             depths = monitor.queue_depths(redis_client, [queue])[queue]
-            assert depths == {"waiting": len(monitor.PRIORITY_STEPS), "reserved": 0}
+            assert depths == {"waiting": len(wire.PRIORITY_STEPS), "reserved": 0}
             got = []
             with Consumer(channel, [Queue(queue)], callbacks=[lambda _b, m: got.append(m)]):
                 while not got:
                     conn.drain_events(timeout=5)
-            raw = list(redis_client.hgetall(monitor.UNACKED_KEY).values())
+            raw = list(redis_client.hgetall(wire.UNACKED_KEY).values())
             mine = [r for r in raw if json.loads(r)[2] == queue]
             assert len(mine) == 1
             message, exchange, routing_key = json.loads(mine[0])
             assert routing_key == queue and isinstance(message, dict)
-            assert monitor.reserved_by_queue(mine) == {queue: 1}
+            assert wire.reserved_by_queue(mine) == {queue: 1}
             assert wire.read_task(mine[0]) == (TASK_REDUCE, payload)
             got[0].ack()
-            assert not [r for r in redis_client.hvals(monitor.UNACKED_KEY) if queue in r]
+            assert not [r for r in redis_client.hvals(wire.UNACKED_KEY) if queue in r]
     finally:
-        redis_client.delete(*monitor.queue_keys(queue), f"_kombu.binding.{queue}")
+        redis_client.delete(*wire.queue_keys(queue), f"_kombu.binding.{queue}")
         app.close()
