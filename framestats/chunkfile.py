@@ -39,10 +39,14 @@ class ChunkFileInvalid(ValueError):
 
 @dataclass(frozen=True)
 class ChunkResult:
+    """One chunk's statistics, frames [start, stop) of the job, and who computed them."""
+
     index: int
     start: int
     stop: int
+    #: Statistic -> float64 (frames, regions).
     stats: dict[str, np.ndarray]
+    #: ``worker``, ``device``, ``decode``: shown in the output's provenance.
     meta: dict[str, Any]
 
 

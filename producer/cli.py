@@ -148,17 +148,9 @@ def submit(
     """
     from framestats import api
 
+    options = dict(dataset=dataset, output=output, stats=stats, chunk_frames=chunk_frames)
     job = api.submit(
-        inputs,
-        mask,
-        dataset=dataset,
-        output=output,
-        stats=stats,
-        chunk_frames=chunk_frames,
-        queue=queue,
-        overwrite=overwrite,
-        settings=settings(),
-        **selection,
+        inputs, mask, queue=queue, overwrite=overwrite, settings=settings(), **options, **selection
     )
     spec = job.spec
     assert spec is not None
