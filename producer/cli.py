@@ -148,7 +148,9 @@ def submit(
     """
     from framestats import api
 
-    options = dict(dataset=dataset, output=output, stats=stats, chunk_frames=chunk_frames)
+    options: dict[str, Any] = dict(
+        dataset=dataset, output=output, stats=stats, chunk_frames=chunk_frames
+    )
     job = api.submit(
         inputs, mask, queue=queue, overwrite=overwrite, settings=settings(), **options, **selection
     )
