@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import numpy as np
@@ -128,8 +129,7 @@ def service_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceR
 # --------------------------------------------------------------------------- data and jobs
 
 
-@dataclass(frozen=True)
-class Stack:
+class Stack(NamedTuple):
     """An input stack with its mask, and the numpy reference of its statistics."""
 
     data: Path
