@@ -8,9 +8,9 @@ of its region's totals) is paid once per run. So this strategy wins for masks of
 long runs (a detector mask, a few rings or boxes) and loses to ``cpu_scatter`` where runs
 are short.
 
-Sums (``run_sums``, for sum/mean/count) go in groups of ``GROUP`` frames for float and
-(u)int8/uint16 input: each run is summed in all of them in one loop (``GROUP`` rows
-streamed side by side), so the run's cost is paid once per group, not per frame.
+Sums (``run_sums``, for sum/mean/count) go in groups of ``GROUP`` frames: each run is
+summed in all of them in one loop (``GROUP`` rows streamed side by side), so the run's
+cost is paid once per group, not per frame.
 
 * integers: a run is summed in an accumulator that cannot overflow over ``CHUNK``
   pixels (uint32 for (u)int8/uint16, int32 for int8/int16, int64 for 32-bit input) and
@@ -39,17 +39,17 @@ import numpy as np
 #: per-run accumulators of 8/16-bit input cannot overflow (and a float64 run of
 #: 128 KiB is still in L2 when the moments loop reads it a second time).
 CHUNK = 16384
-#: Frames summed side by side per run (float and uint32-accumulated input).
+#: Frames summed side by side per run.
 GROUP = 4
 
 #: (kind, itemsize) -> accumulator of a run's sum (integers).
-_INT_ACC = {
-    ("u", 1): "u32",
-    ("u", 2): "u32",
-    ("i", 1): "i32",
-    ("i", 2): "i32",
-    ("u", 4): "i64",
-    ("i", 4): "i64",
+_INT_ACC: dict[tuple[str, int], type[np.integer]] = {
+    ("u", 1): np.uint32,
+    ("u", 2): np.uint32,
+    ("i", 1): np.int32,
+    ("i", 2): np.int32,
+    ("u", 4): np.int64,
+    ("i", 4): np.int64,
 }
 
 Runs = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -89,80 +89,15 @@ _jit_reassoc = numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
 # -- sums -------------------------------------------------------------------------------
 
 
-@_jit
-def _int_run_sum4_u32(r0, r1, r2, r3, start, length):  # type: ignore[no-untyped-def]
-    """uint32 sums of [start:start + length] of four rows in one pass (exact over CHUNK
-    pixels). Kept apart from its float64 twin ``_run_sum4`` (``reassoc``): one function
-    for both, typed by its accumulator, was slower (bench/RESULTS.md, kernel)."""
+@_jit_reassoc
+def _run_sum(row, start, length, zero):  # type: ignore[no-untyped-def]
+    """Sum of row[start:start + length] in the type of ``zero`` (see ``_run_sum4``)."""
     one = np.uint64(1)
     i = np.uint64(start)
     end = i + np.uint64(length)
-    a0 = np.uint32(0)
-    a1 = np.uint32(0)
-    a2 = np.uint32(0)
-    a3 = np.uint32(0)
+    acc = zero
     while i < end:
-        a0 += np.uint32(r0[i])
-        a1 += np.uint32(r1[i])
-        a2 += np.uint32(r2[i])
-        a3 += np.uint32(r3[i])
-        i += one
-    return a0, a1, a2, a3
-
-
-@_jit
-def _int_sums_u32(x, starts, lengths, region, out):  # type: ignore[no-untyped-def]
-    one = np.uint64(1)
-    n_frames = x.shape[0]
-    f = 0
-    while f + GROUP <= n_frames:  # groups of GROUP frames per run, as for floats
-        r0, r1, r2, r3 = x[f], x[f + 1], x[f + 2], x[f + 3]
-        for r in range(starts.size):
-            k = region[r]
-            a0, a1, a2, a3 = _int_run_sum4_u32(r0, r1, r2, r3, starts[r], lengths[r])
-            out[f, k] += np.int64(a0)
-            out[f + 1, k] += np.int64(a1)
-            out[f + 2, k] += np.int64(a2)
-            out[f + 3, k] += np.int64(a3)
-        f += GROUP
-    while f < n_frames:
-        row = x[f]
-        for r in range(starts.size):
-            i = np.uint64(starts[r])
-            end = i + np.uint64(lengths[r])
-            acc = np.uint32(0)
-            while i < end:
-                acc += np.uint32(row[i])
-                i += one
-            out[f, region[r]] += np.int64(acc)
-        f += 1
-
-
-@_jit
-def _int_sums_signed(x, starts, lengths, region, out, zero):  # type: ignore[no-untyped-def]
-    """Sums frame by frame in the type of ``zero`` (int32 for int8/16, int64 for 32-bit)."""
-    one = np.uint64(1)
-    for f in range(x.shape[0]):
-        row = x[f]
-        for r in range(starts.size):
-            i = np.uint64(starts[r])
-            end = i + np.uint64(lengths[r])
-            acc = zero
-            while i < end:
-                acc += type(zero)(row[i])
-                i += one
-            out[f, region[r]] += np.int64(acc)
-
-
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
-def _run_sum(row, start, length):  # type: ignore[no-untyped-def]
-    """float64 sum of row[start:start + length] (any order, IEEE non-finite rules)."""
-    one = np.uint64(1)
-    i = np.uint64(start)
-    end = i + np.uint64(length)
-    acc = 0.0
-    while i < end:
-        acc += np.float64(row[i])
+        acc += type(zero)(row[i])
         i += one
     return acc
 
@@ -182,27 +117,31 @@ def _nan_run_sum(row, start, length):  # type: ignore[no-untyped-def]
 
 
 @_jit_reassoc
-def _run_sum4(r0, r1, r2, r3, start, length):  # type: ignore[no-untyped-def]
-    """float64 sums of [start:start + length] of four rows in one pass (``reassoc``:
-    LLVM may reorder the additions into vector lanes)."""
+def _run_sum4(r0, r1, r2, r3, start, length, zero):  # type: ignore[no-untyped-def]
+    """Sums of [start:start + length] of four rows in one pass, in the type of ``zero``:
+    an integer accumulator that cannot overflow over ``CHUNK`` pixels, or float64
+    (``reassoc``: LLVM may reorder the float additions into vector lanes; integer
+    additions are reordered without it)."""
     one = np.uint64(1)
     i = np.uint64(start)
     end = i + np.uint64(length)
-    a0 = 0.0
-    a1 = 0.0
-    a2 = 0.0
-    a3 = 0.0
+    a0 = zero
+    a1 = zero
+    a2 = zero
+    a3 = zero
     while i < end:
-        a0 += np.float64(r0[i])
-        a1 += np.float64(r1[i])
-        a2 += np.float64(r2[i])
-        a3 += np.float64(r3[i])
+        a0 += type(zero)(r0[i])
+        a1 += type(zero)(r1[i])
+        a2 += type(zero)(r2[i])
+        a3 += type(zero)(r3[i])
         i += one
     return a0, a1, a2, a3
 
 
 @_jit
-def _float_sums(x, starts, lengths, region, sums, nans):  # type: ignore[no-untyped-def]
+def _sums(x, starts, lengths, region, sums, nans, zero):  # type: ignore[no-untyped-def]
+    """Per-run sums (in the type of ``zero``) added into ``sums`` (B, K): int64 for
+    integers, float64 for floats, whose NaN pixels are skipped and counted in ``nans``."""
     n_frames = x.shape[0]
     # Groups of GROUP frames: each run's (start, length, region) is read, and its
     # loop set up, once per group; the GROUP rows are streamed side by side.
@@ -213,7 +152,7 @@ def _float_sums(x, starts, lengths, region, sums, nans):  # type: ignore[no-unty
             s = starts[r]
             n = lengths[r]
             k = region[r]
-            a0, a1, a2, a3 = _run_sum4(r0, r1, r2, r3, s, n)
+            a0, a1, a2, a3 = _run_sum4(r0, r1, r2, r3, s, n, zero)
             if a0 != a0:  # NaN pixel (or inf - inf): nansum rules, count NaN
                 a0, c = _nan_run_sum(r0, s, n)
                 nans[f, k] += c
@@ -234,7 +173,7 @@ def _float_sums(x, starts, lengths, region, sums, nans):  # type: ignore[no-unty
     while f < n_frames:  # the last B % GROUP frames one by one
         row = x[f]
         for r in range(starts.size):
-            acc = _run_sum(row, starts[r], lengths[r])
+            acc = _run_sum(row, starts[r], lengths[r], zero)
             if acc != acc:
                 acc, c = _nan_run_sum(row, starts[r], lengths[r])
                 nans[f, region[r]] += c
@@ -248,17 +187,12 @@ def run_sums(x: np.ndarray, runs: Runs, n_regions: int) -> tuple[np.ndarray, np.
     starts, lengths, region = runs
     nans = np.zeros((x.shape[0], n_regions), dtype=np.int64)
     if x.dtype.kind == "f":
-        sums = np.zeros((x.shape[0], n_regions), dtype=np.float64)
-        _float_sums(x, starts, lengths, region, sums, nans)
-        return sums, nans
-    out = np.zeros((x.shape[0], n_regions), dtype=np.int64)
-    accumulator = _INT_ACC[(x.dtype.kind, x.dtype.itemsize)]
-    if accumulator == "u32":
-        _int_sums_u32(x, starts, lengths, region, out)
+        zero, total = np.float64(0), np.float64
     else:
-        zero = np.int32(0) if accumulator == "i32" else np.int64(0)
-        _int_sums_signed(x, starts, lengths, region, out, zero)
-    return out, nans
+        zero, total = _INT_ACC[(x.dtype.kind, x.dtype.itemsize)](0), np.int64
+    sums = np.zeros((x.shape[0], n_regions), dtype=total)
+    _sums(x, starts, lengths, region, sums, nans, zero)
+    return sums, nans
 
 
 # -- all statistics in one read -----------------------------------------------------------
