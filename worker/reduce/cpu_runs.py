@@ -186,11 +186,9 @@ def run_sums(x: np.ndarray, runs: Runs, n_regions: int) -> tuple[np.ndarray, np.
     int64 sums for integers, float64 for floats."""
     starts, lengths, region = runs
     nans = np.zeros((x.shape[0], n_regions), dtype=np.int64)
-    if x.dtype.kind == "f":
-        zero, total = np.float64(0), np.float64
-    else:
-        zero, total = _INT_ACC[(x.dtype.kind, x.dtype.itemsize)](0), np.int64
-    sums = np.zeros((x.shape[0], n_regions), dtype=total)
+    floats = x.dtype.kind == "f"
+    zero = np.float64(0) if floats else _INT_ACC[(x.dtype.kind, x.dtype.itemsize)](0)
+    sums = np.zeros((x.shape[0], n_regions), dtype=np.float64 if floats else np.int64)
     _sums(x, starts, lengths, region, sums, nans, zero)
     return sums, nans
 
