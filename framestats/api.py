@@ -17,7 +17,7 @@ import dataclasses
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .constants import DEFAULT_QUEUE, DEFAULT_STATS
@@ -113,47 +113,35 @@ class Progress:
         )
 
 
+@dataclass(eq=False)
 class Job:
     """A handle on a queued job: its state and progress, waiting for it, its result.
 
     Returned by ``submit``, ``resume`` and ``job``. Every property reads Redis afresh.
     """
 
-    def __init__(
-        self,
-        job_id: str,
-        output: str,
-        settings: Settings,
-        spec: JobSpec | None = None,
-        chunks_queued: int | None = None,
-        live_processes: int | None = None,
-        note: str | None = None,
-        client: redis.Redis | None = None,
-    ) -> None:
-        #: The job's id (what ``producer status`` lists).
-        self.id = job_id
-        #: Where the output file is written.
-        self.output = output
-        self.settings = settings
-        #: The job as queued (``submit`` and ``resume`` only).
-        self.spec = spec
-        #: Chunk tasks queued by the call that returned this handle.
-        self.chunks_queued = chunks_queued
-        #: Live worker processes taking from the job's queue when it was queued (None:
-        #: not counted); 0 means the chunks wait until a worker starts.
-        self.live_processes = live_processes
-        #: What planning adjusted (``--chunk-frames`` rounded to the HDF5 chunking).
-        self.note = note
-        self._client = client
-
-    def __repr__(self) -> str:
-        return f"Job(id={self.id!r}, output={self.output!r})"
+    #: The job's id (what ``producer status`` lists).
+    id: str
+    #: Where the output file is written.
+    output: str
+    settings: Settings = field(repr=False)
+    #: The job as queued (``submit`` and ``resume`` only).
+    spec: JobSpec | None = field(default=None, repr=False)
+    #: Chunk tasks queued by the call that returned this handle.
+    chunks_queued: int | None = field(default=None, repr=False)
+    #: Live worker processes taking from the job's queue when it was queued (None:
+    #: not counted); 0 means the chunks wait until a worker starts.
+    live_processes: int | None = field(default=None, repr=False)
+    #: What planning adjusted (``--chunk-frames`` rounded to the HDF5 chunking).
+    note: str | None = field(default=None, repr=False)
+    #: The Redis connection, opened on first use.
+    connection: redis.Redis | None = field(default=None, repr=False)
 
     @property
     def client(self) -> redis.Redis:
-        if self._client is None:
-            self._client = _connect(self.settings)
-        return self._client
+        if self.connection is None:
+            self.connection = _connect(self.settings)
+        return self.connection
 
     def _hash(self) -> tuple[dict[str, str] | None, int]:
         pipe = self.client.pipeline(transaction=False)
@@ -423,7 +411,7 @@ def job(target: PathArg, *, redis_url: str | None = None, settings: Settings | N
         view = monitor.job_status(client, os.fspath(target), cfg.worker_timeout)
     if view["state"] == "unknown":
         raise JobNotFound(f"job {view['id']} is not known to Redis; see 'producer resume'")
-    return Job(view["id"], view["output"], cfg, client=client)
+    return Job(view["id"], view["output"], cfg, connection=client)
 
 
 def status(

@@ -8,9 +8,16 @@ from __future__ import annotations
 
 
 class FramestatsError(Exception):
-    """Raised for any failure this project anticipates; the base of all others."""
+    """Raised for any failure this project anticipates; the base of all others.
+
+    Keyword arguments become attributes (the details a caller may act on), declared on
+    each subclass for type checkers."""
 
     exit_code = 1
+
+    def __init__(self, *args: object, **details: object) -> None:
+        super().__init__(*args)
+        self.__dict__.update(details)
 
 
 class UserError(FramestatsError):
@@ -38,19 +45,21 @@ class OutputError(UserError):
 class LimitExceeded(UserError):
     """Raised when a job would exceed a configured limit; names the setting that sets it."""
 
+    setting: str
+    limit: float
+
     def __init__(self, message: str, setting: str, limit: float) -> None:
-        super().__init__(message)
-        self.setting = setting
-        self.limit = limit
+        super().__init__(message, setting=setting, limit=limit)
 
 
 class PathNotAllowed(UserError):
     """Raised when a path lies outside DATA_ROOT (after resolving '..' and symbolic links)."""
 
+    path: str
+    roots: tuple[str, ...]
+
     def __init__(self, path: str, roots: tuple[str, ...]) -> None:
-        super().__init__(f"{path} is outside DATA_ROOT ({':'.join(roots)})")
-        self.path = path
-        self.roots = roots
+        super().__init__(f"{path} is outside DATA_ROOT ({':'.join(roots)})", path=path, roots=roots)
 
 
 class JobNotFound(UserError):
@@ -78,11 +87,13 @@ class StatisticNotFound(UserError, KeyError):
 class JobFailed(FramestatsError):
     """Raised by ``Job.wait`` and ``Job.result`` when the job failed; ``reason`` says why."""
 
+    job_id: str
+    state: str
+    reason: str | None
+
     def __init__(self, job_id: str, state: str, reason: str | None) -> None:
-        super().__init__(f"job {job_id} {state}: {reason or 'no reason recorded'}")
-        self.job_id = job_id
-        self.state = state
-        self.reason = reason
+        message = f"job {job_id} {state}: {reason or 'no reason recorded'}"
+        super().__init__(message, job_id=job_id, state=state, reason=reason)
 
 
 class JobCancelled(JobFailed):
@@ -96,21 +107,23 @@ class JobLost(FramestatsError):
 class WaitTimeout(FramestatsError, TimeoutError):
     """Raised when ``Job.wait``'s timeout passes before the job ends; the job keeps running."""
 
+    job_id: str
+    timeout: float
+
     def __init__(self, job_id: str, timeout: float) -> None:
-        super().__init__(f"job {job_id} has not finished after {timeout:g} s; it keeps running")
-        self.job_id = job_id
-        self.timeout = timeout
+        message = f"job {job_id} has not finished after {timeout:g} s; it keeps running"
+        super().__init__(message, job_id=job_id, timeout=timeout)
 
 
 class BrokerUnavailable(FramestatsError):
     """Raised when Redis does not answer at the configured URL."""
 
     exit_code = 3
+    url: str
+    reason: str
 
     def __init__(self, url: str, reason: str) -> None:
-        super().__init__(f"Redis is not reachable at {url}: {reason}")
-        self.url = url
-        self.reason = reason
+        super().__init__(f"Redis is not reachable at {url}: {reason}", url=url, reason=reason)
 
 
 class ConfigError(FramestatsError):
@@ -122,9 +135,10 @@ class ConfigError(FramestatsError):
 class ChunkError(FramestatsError):
     """Raised when a chunk cannot be computed; ``frames`` names its frame range."""
 
+    frames: tuple[int, int] | None
+
     def __init__(self, message: str, frames: tuple[int, int] | None = None) -> None:
-        super().__init__(message)
-        self.frames = frames
+        super().__init__(message, frames=frames)
 
 
 class TransientChunkError(ChunkError):

@@ -173,10 +173,15 @@ class DeviceDecoder:
         self.chunk_bytes = int(np.prod(dset.chunks)) * self.itemsize
         self.cuda = device.type == "cuda"
         self.stream = torch.cuda.Stream(device) if self.cuda else None
-        self._io = ThreadPoolExecutor(io_threads, "pread") if io_threads > 1 else None
+        self._resources = contextlib.ExitStack()
+        self._io: ThreadPoolExecutor | None = None
+        if io_threads > 1:
+            self._io = self._resources.enter_context(ThreadPoolExecutor(io_threads, "pread"))
         self.io_threads = io_threads
         #: Decodes chunks the device path does not take (unwritten, filter skipped).
         self._host = host
+        if host is not None:
+            self._resources.callback(host.close)
         self._slots = [_Slot(), _Slot()]
 
     @classmethod
@@ -398,14 +403,11 @@ class DeviceDecoder:
             self._slots[slot_no].released = torch.cuda.current_stream(self.device).record_event()
 
     def close(self) -> None:
-        if self._io is not None:
-            self._io.shutdown(wait=True)
-            self._io = None
+        """Finish the device's work, stop the threads and close the host decoder."""
+        self._io = self._host = None
         if self.stream is not None:
             self.stream.synchronize()
-        if self._host is not None:
-            self._host.close()
-            self._host = None
+        self._resources.close()
         self.index.close()
         self._slots = [_Slot(), _Slot()]
 

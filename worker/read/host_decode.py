@@ -19,6 +19,7 @@ through h5py, so their data (or error) is HDF5's own.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import threading
@@ -151,9 +152,15 @@ class ChunkDecoder:
         self._raw_bytes = self.chunk_bytes + self.chunk_bytes // 64 + 4096
         self._local = threading.local()
         self.threads = max(1, threads)
-        self._pool = ThreadPoolExecutor(self.threads, "decode") if self.threads > 1 else None
+        self._resources = contextlib.ExitStack()
+        self._pool: ThreadPoolExecutor | None = None
         #: Raw chunks by file offset (no HDF5 lock); None: through ``read_direct_chunk``.
-        self._index = ChunkIndex.build(dset, self.per_chunk) if self.threads > 1 else None
+        self._index: ChunkIndex | None = None
+        if self.threads > 1:
+            self._pool = self._resources.enter_context(ThreadPoolExecutor(self.threads, "decode"))
+            self._index = ChunkIndex.build(dset, self.per_chunk)
+            if self._index is not None:
+                self._resources.callback(self._index.close)
 
     @classmethod
     def for_dataset(cls, dset: h5py.Dataset, threads: int) -> ChunkDecoder | None:
@@ -252,9 +259,6 @@ class ChunkDecoder:
             self.decode_chunk(*job)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-        if self._index is not None:
-            self._index.close()
-            self._index = None
+        """Stop the threads and close the chunk index; later calls decode one by one."""
+        self._pool = self._index = None
+        self._resources.close()

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba.extending import overload
 
 #: Longest run in pixels: 65535 * 16384 < 2**32 and 32768 * 16384 < 2**31, so the
 #: per-run accumulators of 8/16-bit input cannot overflow (and a float64 run of
@@ -196,64 +197,79 @@ def run_sums(x: np.ndarray, runs: Runs, n_regions: int) -> tuple[np.ndarray, np.
 # -- all statistics in one read -----------------------------------------------------------
 
 
+def _add_square(low, high, v):  # type: ignore[no-untyped-def]
+    """(low, high) + v * v: a running sum of squares as a 128-bit number (low 64 bits,
+    wrapping, and the carries), compiled per input type by the overload below."""
+    raise NotImplementedError("called from compiled code only")
+
+
+@overload(_add_square, inline="always")
+def _add_square_for(low, high, v):  # type: ignore[no-untyped-def]
+    if v.bitwidth < 32:
+        # (u)int8/16: a region's squares stay below 2**63, so no carry (and the loop
+        # vectorizes).
+        def small(low, high, v):  # type: ignore[no-untyped-def]
+            w = np.int64(v)
+            return low + np.uint64(w * w), high
+
+        return small
+
+    def wide(low, high, v):  # type: ignore[no-untyped-def]
+        w = np.int64(v)
+        sq = np.uint64(w * w)  # exact: < 2**64 (the int64 product wraps to it)
+        low += sq
+        return low, high + np.uint64(low < sq)
+
+    return wide
+
+
+def _store_squares(acc, f, k, low, high, v):  # type: ignore[no-untyped-def]
+    """acc[1:3, f, k] += a run's squares (low, high), per input type (that of ``v``)."""
+    raise NotImplementedError("called from compiled code only")
+
+
+@overload(_store_squares, inline="always")
+def _store_squares_for(acc, f, k, low, high, v):  # type: ignore[no-untyped-def]
+    if v.bitwidth < 32:
+
+        def small(acc, f, k, low, high, v):  # type: ignore[no-untyped-def]
+            acc[1, f, k] += np.int64(low)
+
+        return small
+
+    def wide(acc, f, k, low, high, v):  # type: ignore[no-untyped-def]
+        total = np.uint64(acc[1, f, k]) + low  # 128-bit addition
+        acc[1, f, k] = np.int64(total)
+        acc[2, f, k] += np.int64(high + np.uint64(total < low))
+
+    return wide
+
+
 @_jit
-def _small_int_moments(x, starts, lengths, region, acc):  # type: ignore[no-untyped-def]
-    """(u)int8/16: sum and sum of squares per run in int64 (a run's squares stay below
-    2**32 * CHUNK), min and max in the input's type; all vectorized by LLVM."""
+def _int_moments(x, starts, lengths, region, acc):  # type: ignore[no-untyped-def]
+    """Integers: sum, sum of squares (fields 1-2, see ``_add_square``), min and max of
+    each run in its input's type, added into ``acc``."""
     one = np.uint64(1)
     for f in range(x.shape[0]):
         row = x[f]
         for r in range(starts.size):
             i = np.uint64(starts[r])
             end = i + np.uint64(lengths[r])
+            k = region[r]
             s = np.int64(0)
-            q = np.int64(0)
+            low = np.uint64(0)
+            high = np.uint64(0)
             lo = row[i]
             hi = row[i]
             while i < end:
                 v = row[i]
-                w = np.int64(v)
-                s += w
-                q += w * w
-                lo = min(lo, v)
-                hi = max(hi, v)
-                i += one
-            k = region[r]
-            acc[0, f, k] += s
-            acc[1, f, k] += q
-            acc[3, f, k] = min(acc[3, f, k], np.int64(lo))
-            acc[4, f, k] = max(acc[4, f, k], np.int64(hi))
-
-
-@_jit
-def _wide_int_moments(x, starts, lengths, region, acc):  # type: ignore[no-untyped-def]
-    """(u)int32: a square reaches 2**64, so squares are added as 128-bit numbers: the low
-    64 bits (unsigned, wrapping) in field 1 and the carries in field 2."""
-    one = np.uint64(1)
-    for f in range(x.shape[0]):
-        row = x[f]
-        for r in range(starts.size):
-            i = np.uint64(starts[r])
-            end = i + np.uint64(lengths[r])
-            k = region[r]
-            s = np.int64(0)
-            low = np.uint64(acc[1, f, k])
-            high = np.uint64(acc[2, f, k])
-            lo = row[i]
-            hi = row[i]
-            while i < end:
-                v = row[i]
-                w = np.int64(v)
-                s += w
-                sq = np.uint64(w * w)  # exact: < 2**64 (the int64 product wraps to it)
-                low += sq
-                high += np.uint64(low < sq)
+                s += np.int64(v)
+                low, high = _add_square(low, high, v)
                 lo = min(lo, v)
                 hi = max(hi, v)
                 i += one
             acc[0, f, k] += s
-            acc[1, f, k] = np.int64(low)
-            acc[2, f, k] = np.int64(high)
+            _store_squares(acc, f, k, low, high, lo)
             acc[3, f, k] = min(acc[3, f, k], np.int64(lo))
             acc[4, f, k] = max(acc[4, f, k], np.int64(hi))
 
@@ -344,7 +360,5 @@ def run_moments(x: np.ndarray, runs: Runs, acc: np.ndarray, shift: np.ndarray | 
         keys = tuple(int_type(c) for c in constants)
         cell = np.zeros(1, dtype=int_type)
         _float_moments(x, x.view(int_type), *runs, shift, acc, keys, cell)
-    elif x.dtype.itemsize == 4:
-        _wide_int_moments(x, *runs, acc)
     else:
-        _small_int_moments(x, *runs, acc)
+        _int_moments(x, *runs, acc)

@@ -27,31 +27,18 @@ under ``TRITON_INTERPRET=1`` the kernel also runs on CPU tensors, which the test
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import numpy as np
 import torch
 
-from .triton_sums import interpreting
+from .triton_kernels import LOADS, interpreting, kernels, loadable
 
 #: Sorted pixels per tile (one program), and private bins (regions) per tile.
 BLOCK = 512
 BINS = 16
 #: Frames each program reduces with one load of its tile.
 FRAMES = 4
-
-#: torch dtype -> (dtype Triton loads, bits to keep when widening to int64).
-_LOADS = {
-    torch.uint8: (torch.uint8, 0),
-    torch.int8: (torch.int8, 0),
-    torch.int16: (torch.int16, 0),
-    torch.uint16: (torch.int16, 0xFFFF),
-    torch.int32: (torch.int32, 0),
-    torch.uint32: (torch.int32, 0xFFFFFFFF),
-    torch.float32: (torch.float32, 0),
-    torch.float64: (torch.float64, 0),
-}
 
 
 def plan_tiles(
@@ -89,91 +76,19 @@ def plan_tiles(
     return order, local, tile_start, tile_len, regions
 
 
-@functools.lru_cache(maxsize=2)
-def _kernel(interpret: bool) -> Any:
-    import triton
-    import triton.language as tl
-
-    @triton.jit  # type: ignore[misc]
-    def region_moments(
-        x_ptr,
-        pix_ptr,
-        local_ptr,
-        tile_start_ptr,
-        tile_len_ptr,
-        sum_ptr,
-        count_ptr,
-        min_ptr,
-        max_ptr,
-        m2_ptr,
-        n_frames,
-        n_pixels,
-        n_slots,
-        KEEP: tl.constexpr,
-        IS_FLOAT: tl.constexpr,
-        MOMENTS: tl.constexpr,
-        BLOCK: tl.constexpr,
-        BINS: tl.constexpr,
-        FRAMES: tl.constexpr,
-    ):
-        t = tl.program_id(0)
-        f0 = tl.program_id(1) * FRAMES
-        start = tl.load(tile_start_ptr + t)
-        length = tl.load(tile_len_ptr + t)
-        offs = tl.arange(0, BLOCK)
-        inside = offs < length
-        pix = tl.load(pix_ptr + start + offs, mask=inside, other=0).to(tl.int64)
-        local = tl.load(local_ptr + start + offs, mask=inside, other=-1)
-        hit = local[:, None] == tl.arange(0, BINS)[None, :]
-        slot = t * BINS + tl.arange(0, BINS)
-        for j in range(FRAMES):
-            f = f0 + j
-            if f < n_frames:
-                raw = tl.load(x_ptr + f.to(tl.int64) * n_pixels + pix, mask=inside, other=0)
-                if IS_FLOAT:
-                    v = raw.to(tl.float64)
-                    valid = inside & (v == v)
-                    h = hit & valid[:, None]
-                    s = tl.sum(tl.where(h, v[:, None], 0.0), axis=0)
-                else:
-                    w = raw.to(tl.int64)
-                    if KEEP != 0:
-                        w = w & KEEP
-                    v = w.to(tl.float64)
-                    valid = inside
-                    h = hit & valid[:, None]
-                    s = tl.sum(tl.where(h, w[:, None], 0), axis=0)
-                n = tl.sum(h.to(tl.int64), axis=0)
-                out = f.to(tl.int64) * n_slots + slot
-                tl.store(sum_ptr + out, s)
-                tl.store(count_ptr + out, n)
-                if MOMENTS:
-                    lo = tl.min(tl.where(h, v[:, None], float("inf")), axis=0)
-                    hi = tl.max(tl.where(h, v[:, None], float("-inf")), axis=0)
-                    mean = s.to(tl.float64) / tl.maximum(n, 1).to(tl.float64)
-                    centre = tl.sum(tl.where(h, mean[None, :], 0.0), axis=1)
-                    d = tl.where(valid, v - centre, 0.0)
-                    m2 = tl.sum(tl.where(h, (d * d)[:, None], 0.0), axis=0)
-                    tl.store(min_ptr + out, lo)
-                    tl.store(max_ptr + out, hi)
-                    tl.store(m2_ptr + out, m2)
-
-    return region_moments
-
-
 def available(device: torch.device) -> bool:
     """Triton imports and can run on ``device`` (CUDA, or anything when interpreting)."""
     if device.type != "cuda" and not interpreting():
         return False
     try:
-        _kernel(interpreting())
+        kernels()
     except Exception:  # no triton, or one that cannot build here
         return False
     return True
 
 
 def supports(dtype: torch.dtype) -> bool:
-    return dtype in _LOADS
+    return dtype in LOADS
 
 
 class TritonRegions:
@@ -185,8 +100,7 @@ class TritonRegions:
         self.n_tiles = start.size
         self.pixels = torch.from_numpy(order.astype(np.int32)).to(device)
         self.local = torch.from_numpy(local.astype(np.int32)).to(device)
-        self.tile_start = torch.from_numpy(start.astype(np.int32)).to(device)
-        self.tile_len = torch.from_numpy(length.astype(np.int32)).to(device)
+        self.tiles = torch.from_numpy(np.stack([start, length], axis=1).astype(np.int32)).to(device)
         used = np.flatnonzero(regions.ravel() >= 0)
         self.slots = torch.from_numpy(used).to(device)
         self.slot_region = torch.from_numpy(regions.ravel()[used]).to(device)
@@ -196,10 +110,7 @@ class TritonRegions:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, Any]:
         """(sums float64, counts int64, mins, maxs, M2) (frames, K); the last three only
         with ``moments``. Integer sums are exact int64 before the final conversion."""
-        load, keep = _LOADS[raw.dtype]
-        raw = raw.contiguous()
-        if load != raw.dtype:
-            raw = raw.view(load)
+        raw, keep = loadable(raw)
         n_frames, n_pixels = raw.shape
         n_slots = self.n_tiles * BINS
         dev = raw.device
@@ -207,27 +118,21 @@ class TritonRegions:
         shape = (n_frames, n_slots)
         part_sum = torch.empty(shape, dtype=torch.float64 if is_float else torch.int64, device=dev)
         part_n = torch.empty(shape, dtype=torch.int64, device=dev)
-        if moments:
-            part_min, part_max, part_m2 = (
-                torch.empty(shape, dtype=torch.float64, device=dev) for _ in range(3)
-            )
-        else:  # never written: the kernel is compiled without those stores
-            part_min = part_max = part_m2 = part_n
+        # (frames, 3, slots): min, max and M2; only written with ``moments``
+        stats_shape = (n_frames, 3, n_slots) if moments else (0,)
+        part_stats = torch.empty(stats_shape, dtype=torch.float64, device=dev)
         if n_frames and self.n_tiles:
             grid = (self.n_tiles, -(-n_frames // FRAMES))
             # inf - inf is NaN by design; the interpreter computes with numpy, which warns.
             with np.errstate(invalid="ignore", over="ignore"):
-                _kernel(interpreting())[grid](
+                kernels().region_moments[grid](
                     raw,
                     self.pixels,
                     self.local,
-                    self.tile_start,
-                    self.tile_len,
+                    self.tiles,
                     part_sum,
                     part_n,
-                    part_min,
-                    part_max,
-                    part_m2,
+                    part_stats,
                     n_frames,
                     n_pixels,
                     n_slots,
@@ -238,16 +143,10 @@ class TritonRegions:
                     BINS=BINS,
                     FRAMES=FRAMES,
                 )
-        return self._merge(part_sum, part_n, part_min, part_max, part_m2, moments)
+        return self._merge(part_sum, part_n, part_stats if moments else None)
 
     def _merge(
-        self,
-        part_sum: torch.Tensor,
-        part_n: torch.Tensor,
-        part_min: torch.Tensor,
-        part_max: torch.Tensor,
-        part_m2: torch.Tensor,
-        moments: bool,
+        self, part_sum: torch.Tensor, part_n: torch.Tensor, part_stats: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, Any]:
         """Each region's total over its tiles' partials (Chan's formula for M2)."""
         region = self.slot_region
@@ -259,8 +158,9 @@ class TritonRegions:
         sums = torch.zeros(shape, dtype=s.dtype, device=dev).index_add_(1, region, s)
         counts = torch.zeros(shape, dtype=torch.int64, device=dev).index_add_(1, region, n)
         sums64 = sums.to(torch.float64)
-        if not moments:
+        if part_stats is None:
             return sums64, counts, None, None, None
+        part_min, part_max, part_m2 = part_stats.unbind(1)
         index = region.expand(frames, -1)
         mins = torch.full(shape, torch.inf, dtype=torch.float64, device=dev)
         mins.scatter_reduce_(1, index, part_min.index_select(1, self.slots), "amin")

@@ -17,11 +17,9 @@ also runs on CPU tensors (tests).
 
 from __future__ import annotations
 
-import functools
-import os
-from typing import Any
-
 import torch
+
+from .triton_kernels import LOADS, kernels, loadable
 
 #: Regions this kernel handles (it loops over them per pixel block).
 MAX_REGIONS = 16
@@ -29,65 +27,9 @@ MAX_REGIONS = 16
 BLOCK = 4096
 FRAMES_PER_PROGRAM = 8
 
-#: torch dtype -> (dtype Triton loads, bits to keep when widening, 64-bit sums).
-_LOADS = {
-    torch.uint8: (torch.uint8, 0, False),
-    torch.int8: (torch.int8, 0, False),
-    torch.int16: (torch.int16, 0, False),
-    torch.uint16: (torch.int16, 0xFFFF, False),
-    torch.int32: (torch.int32, 0, True),
-    torch.uint32: (torch.int32, 0xFFFFFFFF, True),
-}
-
-
-def interpreting() -> bool:
-    """Whether Triton runs in its interpreter (``TRITON_INTERPRET=1``: CPU tensors)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-@functools.lru_cache(maxsize=2)
-def _kernel(interpret: bool) -> Any:
-    import triton
-    import triton.language as tl
-
-    @triton.jit  # type: ignore[misc]
-    def region_sums(
-        x_ptr,
-        lab_ptr,
-        out_ptr,
-        n_frames,
-        n_pixels,
-        n_blocks,
-        K: tl.constexpr,
-        KEEP: tl.constexpr,
-        WIDE: tl.constexpr,
-        BLOCK: tl.constexpr,
-        FRAMES: tl.constexpr,
-    ):
-        c = tl.program_id(0)
-        f0 = tl.program_id(1) * FRAMES
-        offs = c * BLOCK + tl.arange(0, BLOCK)
-        inside = offs < n_pixels
-        lab = tl.load(lab_ptr + offs, mask=inside, other=0)
-        for j in range(FRAMES):
-            f = f0 + j
-            if f < n_frames:
-                raw = tl.load(x_ptr + f.to(tl.int64) * n_pixels + offs, mask=inside, other=0)
-                if WIDE:
-                    v = raw.to(tl.int64)
-                else:
-                    v = raw.to(tl.int32)
-                if KEEP != 0:
-                    v = v & KEEP
-                for k in tl.static_range(K):
-                    s = tl.sum(tl.where(lab == k + 1, v, 0), axis=0)
-                    tl.store(out_ptr + (f.to(tl.int64) * n_blocks + c) * K + k, s.to(tl.int64))
-
-    return region_sums
-
 
 def supports(dtype: torch.dtype, n_regions: int) -> bool:
-    return dtype in _LOADS and 0 < n_regions <= MAX_REGIONS
+    return dtype in LOADS and not dtype.is_floating_point and 0 < n_regions <= MAX_REGIONS
 
 
 def region_sums(raw: torch.Tensor, labels: torch.Tensor, n_regions: int) -> torch.Tensor:
@@ -95,26 +37,22 @@ def region_sums(raw: torch.Tensor, labels: torch.Tensor, n_regions: int) -> torc
 
     ``labels`` (pixels,) int32 on the same device: 0 = no region, k = region k.
     """
-    load, keep, wide = _LOADS[raw.dtype]
-    raw = raw.contiguous()
-    if load != raw.dtype:
-        raw = raw.view(load)
+    raw, keep = loadable(raw)
     n_frames, n_pixels = raw.shape
     n_blocks = max(1, -(-n_pixels // BLOCK))
     partial = torch.empty(n_frames, n_blocks, n_regions, dtype=torch.int64, device=raw.device)
     if n_frames == 0:
         return partial.sum(dim=1)
     grid = (n_blocks, -(-n_frames // FRAMES_PER_PROGRAM))
-    _kernel(interpreting())[grid](
+    kernels().region_sums[grid](
         raw,
         labels,
         partial,
         n_frames,
         n_pixels,
-        n_blocks,
         K=n_regions,
         KEEP=keep,
-        WIDE=wide,
+        WIDE=raw.dtype == torch.int32,
         BLOCK=BLOCK,
         FRAMES=FRAMES_PER_PROGRAM,
     )
