@@ -47,15 +47,15 @@ def label_table(flat_labels: np.ndarray, n_regions: int) -> np.ndarray:
 
 #: Records moved to the outputs per block of regions: a block's records stay in L1
 #: while each output row gets a contiguous run (the outputs' rows are K apart).
-_FLUSH_BLOCK = 64
+FLUSH_BLOCK = 64
 
 
 @_jit
 def _flush_sums(rec, out, f0):  # type: ignore[no-untyped-def]
     """Rows f0 .. f0 + GROUP of ``out`` (B, K): the records' copies added up."""
     copies = rec.shape[1] // GROUP
-    for k0 in range(1, rec.shape[0], _FLUSH_BLOCK):
-        k1 = min(k0 + _FLUSH_BLOCK, rec.shape[0])
+    for k0 in range(1, rec.shape[0], FLUSH_BLOCK):
+        k1 = min(k0 + FLUSH_BLOCK, rec.shape[0])
         for g in range(GROUP):
             for k in range(k0, k1):
                 total = rec[k, g]
@@ -206,8 +206,8 @@ def _reset(rec, low, high):  # type: ignore[no-untyped-def]
 @_jit
 def _flush(rec, acc, f0):  # type: ignore[no-untyped-def]
     """Move a group's records into ``acc`` (5, B, K) rows f0 .. f0 + GROUP."""
-    for k0 in range(1, rec.shape[0], _FLUSH_BLOCK):
-        k1 = min(k0 + _FLUSH_BLOCK, rec.shape[0])
+    for k0 in range(1, rec.shape[0], FLUSH_BLOCK):
+        k1 = min(k0 + FLUSH_BLOCK, rec.shape[0])
         for field in range(_FIELDS):
             for g in range(GROUP):
                 for k in range(k0, k1):

@@ -1,13 +1,14 @@
-"""The CPU engine's two strategies, each on its own, and how one is chosen."""
+"""The CPU engine's strategies, each on its own, and how one is chosen."""
 
 from __future__ import annotations
 
+import contextlib
 from unittest import mock
 
 import numpy as np
 import pytest
 
-from worker.reduce import STATS, MaskedReducer, cpu, cpu_runs, cpu_scatter
+from worker.reduce import STATS, MaskedReducer, cpu, cpu_runs, cpu_scatter, cpu_vector
 
 from .oracle import assert_matches
 
@@ -58,26 +59,47 @@ def test_the_choice_is_measured_once_per_mask_and_dtype(monkeypatch) -> None:
     assert set(impl.chosen.values()) <= set(cpu.STRATEGIES)
 
 
+#: strategy -> the entry points it must call for (sums, all statistics) of uint16 frames.
+_ENTRY_POINTS = {
+    "runs": ((cpu_runs, "run_sums"), (cpu_runs, "run_moments")),
+    "scatter": ((cpu_scatter, "scatter_sums"), (cpu_scatter, "scatter_moments")),
+    "scatter-branchless": ((cpu_scatter, "scatter_sums"), (cpu_scatter, "scatter_moments")),
+    "scatter-vector": ((cpu_scatter, "scatter_sums"), (cpu_vector, "scatter_moments")),
+}
+
+
 @pytest.mark.parametrize("strategy", cpu.STRATEGIES)
 def test_a_forced_strategy_is_the_one_that_runs(strategy: str) -> None:
     mask = np.random.default_rng(2).integers(0, 4, (16, 16))
     frames = np.arange(8 * 256, dtype=np.uint16).reshape(8, 16, 16)
-    scatter = strategy.startswith("scatter")
-    module, other = (cpu_scatter, cpu_runs) if scatter else (cpu_runs, cpu_scatter)
-    names = ("scatter_sums", "scatter_moments") if scatter else ("run_sums", "run_moments")
-    others = ("run_sums", "run_moments") if scatter else ("scatter_sums", "scatter_moments")
-    for stats, name in ((("sum", "count"), names[0]), (STATS, names[1])):
+    everything = {entry for pair in _ENTRY_POINTS.values() for entry in pair}
+    for stats, (module, name) in zip(
+        (("sum", "count"), STATS), _ENTRY_POINTS[strategy], strict=True
+    ):
         reducer = MaskedReducer(mask, stats, "cpu", strategy=strategy)
-        with (
-            mock.patch.object(module, name, wraps=getattr(module, name)) as wanted,
-            mock.patch.object(other, others[0], side_effect=AssertionError),
-            mock.patch.object(other, others[1], side_effect=AssertionError),
-            mock.patch.object(cpu, "choose", side_effect=AssertionError("measured")),
-        ):
+        with contextlib.ExitStack() as patches:
+            for other, other_name in everything - {(module, name)}:
+                patches.enter_context(
+                    mock.patch.object(other, other_name, side_effect=AssertionError(other_name))
+                )
+            patches.enter_context(
+                mock.patch.object(cpu, "choose", side_effect=AssertionError("measured"))
+            )
+            wanted = patches.enter_context(
+                mock.patch.object(module, name, wraps=getattr(module, name))
+            )
             assert_matches(reducer.reduce(frames), frames, mask, stats)
         assert wanted.call_count == 1
-        if name == "scatter_moments":
+        if (module, name) == (cpu_scatter, "scatter_moments"):
             assert wanted.call_args.args[-1] is (strategy == "scatter-branchless")
+
+
+def test_16_bit_moments_are_measured_against_the_vector_loop_only() -> None:
+    impl = MaskedReducer(np.ones((4, 4), dtype=bool), STATS, "cpu")._impl
+    assert isinstance(impl, cpu.CpuReducer)
+    assert impl._candidates(np.dtype(np.uint16)) == ("runs", "scatter-vector")
+    assert impl._candidates(np.dtype(np.int16)) == ("runs", "scatter-vector")
+    assert "scatter-vector" not in impl._candidates(np.dtype(np.uint32))
 
 
 # -- runs ----------------------------------------------------------------------------------
@@ -194,3 +216,36 @@ def test_other_layouts_are_read_through_one_reused_native_copy(strategy: str) ->
         for s in stats:
             np.testing.assert_array_equal(got[s], expected[s])
             np.testing.assert_array_equal(again[s], expected[s])
+
+
+# -- scatter-vector ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["u2", "i2"])
+@pytest.mark.parametrize("shape", [(61, 101), (64, 64), (1, 3)])
+def test_vector_loop_over_tiles_tails_and_many_regions(dtype: str, shape: tuple[int, int]) -> None:
+    """Frames of several transposed tiles and a tail of 1-3 pixels (61 x 101 = 6161
+    pixels), of whole words (64 x 64), of fewer pixels than one word (1 x 3); regions
+    empty, of one pixel, and beyond 65535 (uint32 labels); full-range values, extremes in
+    every lane of the 8-frame vectors."""
+    rng = np.random.default_rng(sum(shape))
+    info = np.iinfo(dtype)
+    for n_regions in (3, 70_000):
+        mask = rng.integers(0, n_regions + 1, shape)
+        mask.ravel()[0] = n_regions  # the largest label is used
+        frames = rng.integers(info.min, info.max, (11, *shape), endpoint=True).astype(dtype)
+        frames[2] = info.max
+        frames[5] = info.min
+        frames[7, ::2] = info.max
+        frames[7, 1::2] = info.min
+        for stats in (STATS, ("min", "max")):
+            got = MaskedReducer(mask, stats, "cpu", strategy="scatter-vector").reduce(frames)
+            assert_matches(got, frames, mask, stats)
+
+
+def test_vector_strategy_forced_on_other_inputs_runs_the_scatter_loop() -> None:
+    mask = np.arange(36).reshape(6, 6) % 4
+    frames = np.arange(3 * 36, dtype=np.int32).reshape(3, 6, 6) - 50
+    reducer = MaskedReducer(mask, STATS, "cpu", strategy="scatter-vector")
+    with mock.patch.object(cpu_vector, "scatter_moments", side_effect=AssertionError):
+        assert_matches(reducer.reduce(frames), frames, mask, STATS)
