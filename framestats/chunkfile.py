@@ -13,7 +13,9 @@ the header names them, ``(frames, regions)`` float64 values, little-endian, C or
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -63,8 +65,9 @@ def chunk_index(name: str) -> int | None:
     return None
 
 
-def encode(job_id: str, n_regions: int, result: ChunkResult) -> bytes:
-    """The bytes of one chunk file."""
+def encode(job_id: str, n_regions: int, result: ChunkResult) -> list[Any]:
+    """The pieces of one chunk file, in order: its header (bytes), then each statistic's
+    values (little-endian float64 arrays, written from their own memory)."""
     import numpy as np
 
     names = list(result.stats)
@@ -72,22 +75,32 @@ def encode(job_id: str, n_regions: int, result: ChunkResult) -> bytes:
     shape = (result.stop - result.start, n_regions)
     if any(a.shape != shape for a in arrays):
         raise ValueError(f"chunk {result.index}: statistics are not {shape}")
-    body = b"".join(a.tobytes() for a in arrays)
+    crc = 0
+    for a in arrays:
+        crc = zlib.crc32(a.data, crc)
     head = {
         "job": job_id,
         "index": result.index,
         "range": [result.start, result.stop],
         "regions": n_regions,
         "stats": names,
-        "crc32": zlib.crc32(body),
+        "crc32": crc,
         "meta": result.meta,
     }
-    return CHUNK_MAGIC + json.dumps(head, sort_keys=True).encode() + b"\n" + body
+    return [CHUNK_MAGIC + json.dumps(head, sort_keys=True).encode() + b"\n", *arrays]
 
 
 def write_chunk(folder: JobFolder, spec: JobSpec, result: ChunkResult) -> None:
     """Commit one chunk's statistics for ``spec``'s job."""
-    folder.write_bytes(chunk_name(result.index), encode(spec.job_id, spec.n_regions, result), True)
+    pieces = encode(spec.job_id, spec.n_regions, result)
+    folder.write_atomic(chunk_name(result.index), functools.partial(_write_all, pieces), True)
+
+
+def _write_all(pieces: list[Any], fd: int) -> None:
+    for piece in pieces:
+        view = memoryview(piece).cast("B")
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 def _header(raw: bytes, where: str) -> tuple[dict[str, Any], int]:
@@ -146,7 +159,8 @@ def read_chunk(folder: JobFolder, spec: JobSpec, index: int) -> ChunkResult:
     if zlib.crc32(body) != head.get("crc32"):
         raise ChunkFileInvalid(f"{name}: checksum mismatch (the file is damaged)")
     values = np.frombuffer(body, dtype="<f8").reshape(len(names), frames, spec.n_regions)
-    stats = {n: values[i].astype(np.float64) for i, n in enumerate(names)}
+    # Read-only views of the file's bytes (float64 is native here: no copy).
+    stats = {n: values[i].astype(np.float64, copy=False) for i, n in enumerate(names)}
     start, stop = spec.boundaries[index], spec.boundaries[index + 1]
     return ChunkResult(index=index, start=start, stop=stop, stats=stats, meta=head["meta"])
 
