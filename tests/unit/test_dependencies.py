@@ -9,6 +9,9 @@ installed versions: an upgrade that changes one fails here, not in production.
   error classes.
 - ``framestats/wire.py`` writes Celery's task message itself (``tests/unit/test_wire.py``
   compares it with one Celery makes).
+- ``worker/reduce/cpu_vector.py`` writes LLVM IR through numba's extension API
+  (``intrinsic``, ``cgutils.get_item_pointer``, ``context.make_array``); its strategy
+  tests compile and run it against the numpy reference.
 - ``pyproject.toml`` pins each to the range these tests passed with.
 """
 
@@ -37,7 +40,7 @@ from worker.broker import make_app
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 #: Packages whose internals the code relies on.
-PINNED = ("celery", "kombu", "redis")
+PINNED = ("celery", "kombu", "redis", "numba")
 
 #: (class, method) -> the parameters the override in worker/transport.py was written for.
 OVERRIDDEN = {
@@ -57,6 +60,10 @@ OVERRIDDEN = {
     (virtual.QoS, "append"): ["self", "message", "delivery_tag"],
     (virtual.QoS, "ack"): ["self", "delivery_tag"],
     (Retry, "call_with_retry"): ["self", "do", "fail", "is_retryable", "with_failure_count"],
+}
+#: numba's code-generation helpers cpu_vector calls, and the parameters it passes.
+NUMBA_HELPERS = {
+    "get_item_pointer": ["context", "builder", "aryty", "ary", "inds", "wraparound"],
 }
 
 
@@ -139,3 +146,11 @@ def test_queue_lists_and_unacked_hash_are_laid_out_as_read(redis_url, redis_clie
     finally:
         redis_client.delete(*wire.queue_keys(queue), f"_kombu.binding.{queue}")
         app.close()
+
+
+@pytest.mark.parametrize("name", list(NUMBA_HELPERS))
+def test_numba_codegen_helpers_keep_their_signatures(name):
+    from numba.core import cgutils
+
+    params = list(inspect.signature(getattr(cgutils, name)).parameters)
+    assert params[: len(NUMBA_HELPERS[name])] == NUMBA_HELPERS[name]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from unittest import mock
 
 import numpy as np
@@ -249,3 +250,12 @@ def test_vector_strategy_forced_on_other_inputs_runs_the_scatter_loop() -> None:
     reducer = MaskedReducer(mask, STATS, "cpu", strategy="scatter-vector")
     with mock.patch.object(cpu_vector, "scatter_moments", side_effect=AssertionError):
         assert_matches(reducer.reduce(frames), frames, mask, STATS)
+
+
+def test_vector_strategy_is_not_offered_on_a_big_endian_host(monkeypatch) -> None:
+    """Its transpose reads 4 pixels per 64-bit word, pixel 0 in the low bits."""
+    monkeypatch.setattr(sys, "byteorder", "big")
+    impl = MaskedReducer(np.ones((4, 4), dtype=bool), STATS, "cpu")._impl
+    assert isinstance(impl, cpu.CpuReducer)
+    assert not cpu_vector.supports(np.dtype(np.uint16))
+    assert "scatter-vector" not in impl._candidates(np.dtype(np.uint16))
