@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.support.triton_lowering import lower
 from worker.read import unshuffle
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -102,3 +103,14 @@ def test_strategies_on_the_gpu(strategy, dtype, sizes):
     if strategy == "triton" and not HAS_TRITON:
         pytest.skip("Triton is not installed")
     run(strategy, dtype, sizes, device="cuda")
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+@pytest.mark.parametrize("itemsize", [1, 2, 4, 8])
+def test_kernel_builds_for_a_cuda_device(itemsize: int) -> None:
+    """The compiled path (not the interpreter) builds down to a CUDA binary."""
+    signed = {1: "*i8", 2: "*i16", 4: "*i32", 8: "*i64"}[itemsize]
+    args = {"src": "*u8", "dst": signed, "offsets": "*i64", "sizes": "*i64"}
+    acc = "tl.int64" if itemsize == 8 else "tl.int32"  # as unshuffle._tl_int
+    constants = {"ELEM": itemsize, "TILE": unshuffle.TILE, "ACC": acc}
+    assert "cubin" in lower("worker.read.unshuffle", "_kernel()", args, constants)

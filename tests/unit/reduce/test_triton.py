@@ -11,6 +11,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 
+from tests.support.triton_lowering import lower
 from worker.reduce import STATS, triton_regions
 from worker.reduce.cuda import DeviceReducer
 
@@ -172,3 +173,55 @@ def test_sums_kernel_on_cuda_is_used_and_exact(dtype: str) -> None:
     impl = reducer._impl
     assert isinstance(impl, DeviceReducer)
     assert ("sums", torch.from_numpy(frames[:0]).dtype) in impl.checked
+
+
+#: Pointer and scalar arguments of the moments kernel (frames of ``x_ptr``'s type).
+_MOMENTS_ARGS = {
+    "pix_ptr": "*i32",
+    "local_ptr": "*i32",
+    "tiles_ptr": "*i32",
+    "count_ptr": "*i64",
+    "stats_ptr": "*fp64",
+    "n_frames": "i32",
+    "n_pixels": "i32",
+    "n_slots": "i32",
+}
+#: Their tile shape.
+_MOMENTS_TILES = {"BLOCK": 512, "BINS": 16, "FRAMES": 4}
+
+
+@pytest.mark.skipif(not has_triton(), reason="needs triton")
+@pytest.mark.parametrize(
+    ("name", "args", "constants"),
+    [
+        (
+            "region_sums",
+            {
+                "x_ptr": "*i16",
+                "lab_ptr": "*i32",
+                "out_ptr": "*i64",
+                "n_frames": "i32",
+                "n_pixels": "i32",
+            },
+            {"K": 16, "KEEP": 0xFFFF, "WIDE": False, "BLOCK": 4096, "FRAMES": 8},
+        ),
+        (
+            "region_moments",
+            {"x_ptr": "*i16", "sum_ptr": "*i64", **_MOMENTS_ARGS},
+            {"KEEP": 0xFFFF, "IS_FLOAT": False, "MOMENTS": True, **_MOMENTS_TILES},
+        ),
+        (
+            "region_moments",
+            {"x_ptr": "*fp32", "sum_ptr": "*fp64", **_MOMENTS_ARGS},
+            {"KEEP": 0, "IS_FLOAT": True, "MOMENTS": True, **_MOMENTS_TILES},
+        ),
+        (
+            "region_moments",
+            {"x_ptr": "*fp32", "sum_ptr": "*fp64", **_MOMENTS_ARGS},
+            {"KEEP": 0, "IS_FLOAT": True, "MOMENTS": False, **_MOMENTS_TILES},
+        ),
+    ],
+)
+def test_kernels_build_for_a_cuda_device(name, args, constants) -> None:
+    """The compiled path (not the interpreter) builds down to a CUDA binary."""
+    assert "cubin" in lower("worker.reduce.triton_kernels", f"kernels().{name}", args, constants)
