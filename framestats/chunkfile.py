@@ -159,7 +159,7 @@ def read_chunk(folder: JobFolder, spec: JobSpec, index: int) -> ChunkResult:
     if zlib.crc32(body) != head.get("crc32"):
         raise ChunkFileInvalid(f"{name}: checksum mismatch (the file is damaged)")
     values = np.frombuffer(body, dtype="<f8").reshape(len(names), frames, spec.n_regions)
-    # Read-only views of the file's bytes (float64 is native here: no copy).
+    # Read-only views of the file's bytes (no copy where float64 is little-endian).
     stats = {n: values[i].astype(np.float64, copy=False) for i, n in enumerate(names)}
     start, stop = spec.boundaries[index], spec.boundaries[index + 1]
     return ChunkResult(index=index, start=start, stop=stop, stats=stats, meta=head["meta"])

@@ -269,7 +269,7 @@ def _int_moments(x, starts, lengths, region, acc):  # type: ignore[no-untyped-de
                 hi = max(hi, v)
                 i += one
             acc[0, f, k] += s
-            _store_squares(acc, f, k, low, high, lo)
+            _store_squares(acc, f, k, low, high, lo)  # lo: a value of the input type
             acc[3, f, k] = min(acc[3, f, k], np.int64(lo))
             acc[4, f, k] = max(acc[4, f, k], np.int64(hi))
 

@@ -118,9 +118,13 @@ class TritonRegions:
         shape = (n_frames, n_slots)
         part_sum = torch.empty(shape, dtype=torch.float64 if is_float else torch.int64, device=dev)
         part_n = torch.empty(shape, dtype=torch.int64, device=dev)
-        # (frames, 3, slots): min, max and M2; only written with ``moments``
-        stats_shape = (n_frames, 3, n_slots) if moments else (0,)
-        part_stats = torch.empty(stats_shape, dtype=torch.float64, device=dev)
+        # (frames, 3, slots): min, max and M2; without ``moments`` the kernel is compiled
+        # without those stores and gets a real tensor that is never written.
+        part_stats = (
+            torch.empty((n_frames, 3, n_slots), dtype=torch.float64, device=dev)
+            if moments
+            else part_n
+        )
         if n_frames and self.n_tiles:
             grid = (self.n_tiles, -(-n_frames // FRAMES))
             # inf - inf is NaN by design; the interpreter computes with numpy, which warns.
