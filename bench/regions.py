@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -198,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         pool.close()
         noqueue.close()
         client.close()
+        shutil.rmtree(scratch, ignore_errors=True)  # outputs (1 GB at K = 10,000) and masks
     load_end = os.getloadavg()
     reference = sums["bincount pool, K=1000 sum"]
     for name, got in sums.items():

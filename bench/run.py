@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -265,6 +266,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         delayed.close()
         for pool in variants.values():
             pool.close()
+        shutil.rmtree(scratch, ignore_errors=True)  # outputs, masks and worker logs
     result["load"]["end"] = os.getloadavg()
     summarize(result, stack)
     return result

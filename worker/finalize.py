@@ -15,7 +15,9 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,15 +71,36 @@ def _attrs(spec: JobSpec, started: float, end: float) -> dict[str, Any]:
     }
 
 
-def _chunk(
-    folder: JobFolder, spec: JobSpec, index: int, recompute: Recompute
-) -> tuple[ChunkResult, bool]:
-    """Chunk ``index``'s result, computed again when its file is not a whole one of this job."""
+#: Chunk files read ahead of the one being written: reading and checking a file (system
+#: calls and zlib, outside the GIL) overlap the HDF5 writes and each other.
+READ_AHEAD = 2
+
+
+def _read(folder: JobFolder, spec: JobSpec, index: int) -> ChunkResult | Exception:
     try:
-        return read_chunk(folder, spec, index), False
+        return read_chunk(folder, spec, index)
     except (FileNotFoundError, ChunkFileInvalid) as exc:
-        log.warning("job %s: chunk %d is computed again: %s", spec.job_id, index, exc)
-    return recompute(index), True
+        return exc
+
+
+def _chunks(
+    folder: JobFolder, spec: JobSpec, recompute: Recompute
+) -> Iterator[tuple[ChunkResult, bool]]:
+    """Every chunk's result in order, and whether it was computed again (its file was not a
+    whole one of this job). At most ``READ_AHEAD`` + 1 chunks are held at once."""
+    _ = folder.chunks_fd  # opened once, before the threads share it
+    n = spec.n_chunks
+    with ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="finalize-read") as pool:
+        ahead = deque(pool.submit(_read, folder, spec, i) for i in range(min(READ_AHEAD, n)))
+        for index in range(n):
+            if index + READ_AHEAD < n:
+                ahead.append(pool.submit(_read, folder, spec, index + READ_AHEAD))
+            got = ahead.popleft().result()
+            if isinstance(got, Exception):
+                log.warning("job %s: chunk %d is computed again: %s", spec.job_id, index, got)
+                yield recompute(index), True
+            else:
+                yield got, False
 
 
 def write(spec: JobSpec, folder: JobFolder, recompute: Recompute) -> Written:
@@ -95,17 +118,20 @@ def write(spec: JobSpec, folder: JobFolder, recompute: Recompute) -> Written:
             datasets = output.create(
                 f, spec, _attrs(spec, spec.created, time.time()), counts, frame_index
             )
-            for i in range(spec.n_chunks):
-                chunk, recomputed = _chunk(folder, spec, i, recompute)
+            rows = 0
+            for chunk, recomputed in _chunks(folder, spec, recompute):
                 if recomputed:
-                    again.append(i)
+                    again.append(chunk.index)
                 for s in spec.stats:
                     datasets[s][chunk.start : chunk.stop] = chunk.stats[s]
+                rows += chunk.stop - chunk.start
                 decode = chunk.meta.get("decode")
                 devices.add(
                     str(chunk.meta.get("device", "?")) + (f" decode={decode}" if decode else "")
                 )
                 workers.add(str(chunk.meta.get("worker", "?")))
+            if rows != spec.n_frames:  # the datasets are not pre-filled: every row is written
+                raise RuntimeError(f"chunks cover {rows} of {spec.n_frames} frames")
             f.attrs["devices"] = ",".join(sorted(devices))
             f.attrs["workers"] = ",".join(sorted(workers))
         os.fsync(fd)

@@ -80,7 +80,8 @@ def create(
     frame index, the NeXus groups and links; returns each statistic's empty (N, K) float64
     dataset for the caller to fill.
 
-    Rows not yet filled read as NaN (the datasets' fill value).
+    The datasets are not pre-filled (writing their NaN fill value first would write the
+    output twice): the caller writes every row before anyone reads the file.
     """
     n, k = spec.n_frames, spec.n_regions
     date = str(attrs.get("end_time") or _iso(time.time()))
@@ -88,7 +89,9 @@ def create(
     # The flat layout, as every reader has known it.
     results = f.create_group("results")
     datasets = {
-        s: results.create_dataset(s, shape=(n, k), dtype=np.float64, fillvalue=np.nan)
+        s: results.create_dataset(
+            s, shape=(n, k), dtype=np.float64, fillvalue=np.nan, fill_time="never"
+        )
         for s in spec.stats
     }
     results.create_dataset("pixel_count", data=np.asarray(counts, dtype=np.int64))
