@@ -176,20 +176,26 @@ def bincount_fn(parts: list[np.ndarray], labels: np.ndarray) -> Callable[[], obj
     return lambda: [np.bincount(flat, weights=f.ravel(), minlength=k) for p in parts for f in p]
 
 
-def csr_fn(parts: list[np.ndarray], labels: np.ndarray) -> Callable[[], object] | None:
-    """A scipy.sparse CSR one-hot (K x pixels) times each block (sum only); None
-    without scipy (``pip install .[bench]``)."""
-    try:
-        from scipy import sparse
-    except ImportError:
-        return None
+def onehot(labels: np.ndarray) -> Any:
+    """The labels (0 outside every region) as a scipy.sparse CSR one-hot, K x pixels."""
+    from scipy import sparse
+
     flat = labels.ravel()
     masked = np.flatnonzero(flat)
     k = int(flat.max())
-    onehot = sparse.csr_matrix(
+    return sparse.csr_matrix(
         (np.ones(masked.size), (flat[masked] - 1, masked)), shape=(k, flat.size)
     )
-    return lambda: [onehot @ p.reshape(p.shape[0], -1).T for p in parts]
+
+
+def csr_fn(parts: list[np.ndarray], labels: np.ndarray) -> Callable[[], object] | None:
+    """The CSR one-hot (``onehot``) times each block (sum only); None without scipy
+    (``pip install .[bench]``)."""
+    try:
+        matrix = onehot(labels)
+    except ImportError:
+        return None
+    return lambda: [matrix @ p.reshape(p.shape[0], -1).T for p in parts]
 
 
 def check_exact(reducer: Any, frames: np.ndarray, mask: np.ndarray) -> bool:

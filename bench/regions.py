@@ -4,19 +4,21 @@ Run as ``REDIS_URL=redis://127.0.0.1:6379/13 python -m bench.regions [--frames 2
 
 One Bitshuffle-LZ4 uint16 stack (``bench.data``; 2048 frames of 512x512 = 1 GiB
 uncompressed), warm in the page cache, and one ``worker`` node with ``--workers`` pool
-processes (``bench.e2e``) kept warm. Each repetition runs, in a rotating order:
+processes (``bench.e2e``) kept warm. For K = 16, 100, 1,000 rings of a radial profile
+(``bench.kernel.rings``) and K = 10,000 bins of 4x4 pixels, each repetition runs, in a
+rotating order:
 
-* ``producer submit --wait`` with a radial profile of K rings (``bench.kernel.rings``;
-  K = 10,000 is 4x4-pixel bins) and either ``--stats sum`` or all six statistics;
-* the plain baseline: a pool of ``--workers`` processes (no queue, no Redis) that read
-  their share of the frames with h5py (HDF5 decodes Bitshuffle) and sum each frame
-  with numpy ``bincount(labels, weights=frame)``, for the K = 1,000 mask, sum only;
+* ``producer submit --wait`` with ``--stats sum`` and with all six statistics;
+* two plain baselines, sum only: a pool of ``--workers`` processes (no queue, no Redis)
+  that read their share of the frames with h5py (HDF5 decodes Bitshuffle) and reduce
+  each block with numpy ``bincount(labels, weights=frame)`` frame by frame, or with a
+  ``scipy.sparse`` CSR one-hot (K x pixels) times the block;
 * "no queue": the worker's own read + reduce code in a pool of ``--workers`` processes
   (``bench.baselines.NoQueue``), K = 16 sum and K = 1,000 all six: what the pipeline
   costs without the queue, the chunk files and the output file.
 
 GB/s = uncompressed bytes / median wall time (the command from start to exit, output
-file complete). The sums of every run are checked against the baseline's.
+file complete). The sums of every run are checked against the bincount baseline's.
 """
 
 from __future__ import annotations
@@ -31,39 +33,48 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from typing import Any
 
 import h5py
 import numpy as np
 
 from . import baselines, e2e
 from .data import DATASET, data_root, ensure_stack
-from .kernel import pixel_bins, rings
+from .kernel import onehot, pixel_bins, rings
 
 STATS = "sum,mean,count,min,max,std"
-#: (name, K, stats) of the runs of ``producer submit --wait``.
-CASES = (
-    ("K=16 sum", 16, "sum"),
-    ("K=16 all six", 16, STATS),
-    ("K=100 all six", 100, STATS),
-    ("K=1000 sum", 1000, "sum"),
-    ("K=1000 all six", 1000, STATS),
-    ("K=10000 all six", 10000, STATS),
-)
-#: Frames per read in the bincount baseline (as ``bench.baselines``' blocks).
+#: Region counts of the sweep.
+KS = (16, 100, 1000, 10000)
+#: The baselines' reductions (sum only).
+BASELINES = ("bincount", "CSR")
+#: Frames per read in the baselines (as ``bench.baselines``' blocks).
 BLOCK = 64
+#: Per baseline process: labels path -> (flat labels, K, CSR one-hot), built once.
+_PREPARED: dict[str, tuple[np.ndarray, int, Any]] = {}
 
 
-def _bincount_share(path: str, labels_path: str, lo: int, hi: int) -> tuple[int, np.ndarray]:
-    """One baseline process's share: frames [lo, hi) read and summed with bincount."""
+def _prepared(labels_path: str) -> tuple[np.ndarray, int, Any]:
+    if labels_path not in _PREPARED:
+        labels = np.load(labels_path)
+        _PREPARED[labels_path] = labels.ravel(), int(labels.max()), onehot(labels)
+    return _PREPARED[labels_path]
+
+
+def _baseline_share(
+    method: str, path: str, labels_path: str, lo: int, hi: int
+) -> tuple[int, np.ndarray]:
+    """One baseline process's share: frames [lo, hi) read and summed by ``method``."""
     import hdf5plugin  # noqa: F401  (Bitshuffle-LZ4 for h5py)
 
-    flat = np.load(labels_path).ravel()
-    k = int(flat.max())
+    flat, k, onehot = _prepared(labels_path)
     out = np.empty((hi - lo, k))
     with h5py.File(path, "r") as f:
         dset = f[DATASET]
         for a in range(lo, hi, BLOCK):
             block = dset[a : min(a + BLOCK, hi)]
+            if method == "CSR":
+                out[a - lo : a - lo + len(block)] = (onehot @ block.reshape(len(block), -1).T).T
+                continue
             for i, frame in enumerate(block):
                 out[a - lo + i] = np.bincount(flat, weights=frame.ravel(), minlength=k + 1)[1:]
     return lo, out
@@ -71,11 +82,12 @@ def _bincount_share(path: str, labels_path: str, lo: int, hi: int) -> tuple[int,
 
 def _warm(_: int) -> int:
     import hdf5plugin  # noqa: F401
+    import scipy.sparse  # noqa: F401
 
     return os.getpid()
 
 
-class BincountPool:
+class BaselinePool:
     """A warm spawn pool of N processes, one contiguous share of the frames each."""
 
     def __init__(self, processes: int) -> None:
@@ -88,10 +100,10 @@ class BincountPool:
     def pids(self) -> list[int]:
         return list(self.pool._processes)  # type: ignore[attr-defined]
 
-    def run(self, path: str, labels_path: str, frames: int) -> np.ndarray:
+    def run(self, method: str, path: str, labels_path: str, frames: int) -> np.ndarray:
         cuts = [round(i * frames / self.processes) for i in range(self.processes + 1)]
         futures = [
-            self.pool.submit(_bincount_share, path, labels_path, cuts[i], cuts[i + 1])
+            self.pool.submit(_baseline_share, method, path, labels_path, cuts[i], cuts[i + 1])
             for i in range(self.processes)
         ]
         parts = dict(f.result() for f in futures)
@@ -102,16 +114,27 @@ class BincountPool:
 
 
 def submit(
-    redis_url: str, workers: e2e.Workers, path: str, mask: str, stats: str, output: str
+    redis_url: str,
+    workers: e2e.Workers,
+    path: str,
+    mask: str,
+    stats: str,
+    output: str,
+    job_seconds: list[float],
 ) -> np.ndarray:
-    """``producer submit --wait`` once; returns the per-frame sums (frames, K)."""
+    """``producer submit --wait`` once; returns the per-frame sums (frames, K), and appends
+    to ``job_seconds`` the time from the job's creation in Redis to its end (the command
+    without its start-up, checks and exit)."""
     from framestats import connection, jobs
 
     args = ("submit", path, "--mask", mask, "--output", output, "--stats", stats)
     _, stdout = e2e.producer(redis_url, *args, "--queue", workers.queue, "--wait", "--overwrite")
     client = connection.connect(redis_url)
     try:
-        jobs.delete(client, stdout.split()[0])  # leave the database as it was
+        job_id = stdout.split()[0]
+        job = jobs.get(client, job_id) or {}
+        job_seconds.append(float(job["finished"]) - float(job["created"]))
+        jobs.delete(client, job_id)  # leave the database as it was
     finally:
         client.close()
     with h5py.File(output, "r") as f:
@@ -138,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     path = stack.path("bslz4")
     scratch = tempfile.mkdtemp(prefix="bench-regions-", dir=args.data or data_root())
     masks: dict[int, str] = {}
-    for k in sorted({k for _, k, _ in CASES}):
+    for k in KS:
         labels = pixel_bins(size=args.size) if k == 10000 else rings(k, size=args.size)
         masks[k] = os.path.join(scratch, f"labels-{k}.npy")
         np.save(masks[k], labels)
@@ -147,13 +170,16 @@ def main(argv: list[str] | None = None) -> int:
             pass
     load_start = os.getloadavg()
     client = connection.connect(redis_url)
-    log(f"starting {args.workers} worker processes and the baseline pool")
+    log(f"starting {args.workers} worker processes and the baseline pools")
     workers = e2e.start_workers(redis_url, args.workers, scratch)
-    pool = BincountPool(args.workers)
+    pool = BaselinePool(args.workers)
+    noqueue = baselines.NoQueue(args.workers)
+    job_seconds: dict[str, list[float]] = {}
 
-    def case(k: int, stats: str) -> Callable[[], np.ndarray]:
+    def case(name: str, k: int, stats: str) -> Callable[[], np.ndarray]:
         output = os.path.join(scratch, f"{k}.h5")
-        return lambda: submit(redis_url, workers, path, masks[k], stats, output)
+        seconds = job_seconds.setdefault(name, [])
+        return lambda: submit(redis_url, workers, path, masks[k], stats, output, seconds)
 
     def no_queue(k: int, stats: str) -> Callable[[], np.ndarray]:
         from framestats.submission import SubmitRequest, prepare
@@ -168,11 +194,17 @@ def main(argv: list[str] | None = None) -> int:
         labels = np.load(masks[k])
         return lambda: noqueue.run(spec, labels)[0]
 
-    noqueue = baselines.NoQueue(args.workers)
-    runners = {name: case(k, stats) for name, k, stats in CASES}
+    def baseline(method: str, k: int) -> Callable[[], np.ndarray]:
+        return lambda: pool.run(method, path, masks[k], args.frames)
+
+    runners: dict[str, Callable[[], np.ndarray]] = {}
+    for k in KS:
+        runners[f"K={k} sum"] = case(f"K={k} sum", k, "sum")
+        runners[f"K={k} all six"] = case(f"K={k} all six", k, STATS)
+        for method in BASELINES:
+            runners[f"{method} pool, K={k} sum"] = baseline(method, k)
     runners["no queue, K=16 sum"] = no_queue(16, "sum")
     runners["no queue, K=1000 all six"] = no_queue(1000, STATS)
-    runners["bincount pool, K=1000 sum"] = lambda: pool.run(path, masks[1000], args.frames)
     times: dict[str, list[float]] = {name: [] for name in runners}
     cpu: dict[str, list[float]] = {name: [] for name in runners}
     sums: dict[str, np.ndarray] = {}
@@ -181,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         order = list(runners)
         for rep in range(args.reps + 1):  # the first round warms up (not counted)
             for name in order[rep % len(order) :] + order[: rep % len(order)]:
-                if name.startswith("bincount"):
+                if " pool, " in name:
                     pids = pool.pids()
                 elif name.startswith("no queue"):
                     pids = list(noqueue.pool._processes)  # type: ignore[attr-defined]
@@ -201,13 +233,23 @@ def main(argv: list[str] | None = None) -> int:
         client.close()
         shutil.rmtree(scratch, ignore_errors=True)  # outputs (1 GB at K = 10,000) and masks
     load_end = os.getloadavg()
-    reference = sums["bincount pool, K=1000 sum"]
-    for name, got in sums.items():
-        if name.startswith("K=1000 "):  # bincount sums uint16 in float64: exact < 2**53
-            np.testing.assert_array_equal(got, reference, err_msg=name)
+    # Every sum equals bincount's: uint16 values summed in float64 are exact below 2**53.
+    for k in KS:
+        reference = sums[f"bincount pool, K={k} sum"]
+        for name in (f"K={k} sum", f"K={k} all six", f"CSR pool, K={k} sum"):
+            np.testing.assert_array_equal(sums[name], reference, err_msg=name)
     no_queue_sums = sums["no queue, K=1000 all six"]  # region 1 only (NoQueue's result)
-    np.testing.assert_array_equal(no_queue_sums, reference[:, 0], err_msg="no queue")
+    np.testing.assert_array_equal(
+        no_queue_sums, sums["bincount pool, K=1000 sum"][:, 0], err_msg="no queue"
+    )
     gbps = {n: stack.nbytes / 1e9 / statistics.median(t) for n, t in times.items()}
+    # CPU seconds of the worker (or pool) processes: unlike wall time, not inflated by
+    # other people's jobs on a shared machine (the worker node's CPU includes its
+    # bookkeeping; the producer command's own start-up is not counted).
+    per_cpu = {n: stack.nbytes / 1e9 / statistics.median(c) for n, c in cpu.items()}
+    # From the job's creation: the pipeline without the command's start-up and exit
+    # (a warm pool has neither), for the runs of ``producer submit``.
+    from_job = {n: stack.nbytes / 1e9 / statistics.median(t[1:]) for n, t in job_seconds.items()}
     command = " ".join(["python -m bench.regions", *(argv if argv is not None else sys.argv[1:])])
     print(f"# {command}")
     print(
@@ -217,22 +259,30 @@ def main(argv: list[str] | None = None) -> int:
         f"medians of {args.reps}; load average {load_start[0]:.1f} at the start, "
         f"{load_end[0]:.1f} at the end ({os.cpu_count()} cores)"
     )
-    # CPU seconds of the worker (or pool) processes: unlike wall time, not inflated by
-    # other people's jobs on a shared machine (the worker node's CPU includes its
-    # bookkeeping; the producer command's own start-up is not counted).
-    per_cpu = {n: stack.nbytes / 1e9 / statistics.median(c) for n, c in cpu.items()}
-    print("\n| run | GB/s | seconds (median) | GB per CPU second (median) |")
+    print("\nGB/s (wall; in brackets: from the job's creation; GB per CPU second)\n")
+    print("| K | sum | all six | bincount pool (sum) | CSR pool (sum) |")
+    print("|---|---|---|---|---|")
+
+    def cell(name: str) -> str:
+        inner = f"{from_job[name]:.2f}; " if name in from_job else ""
+        return f"{gbps[name]:.2f} ({inner}{per_cpu[name]:.2f})"
+
+    for k in KS:
+        names = (f"K={k} sum", f"K={k} all six", *(f"{m} pool, K={k} sum" for m in BASELINES))
+        print(f"| {k:,} | " + " | ".join(cell(n) for n in names) + " |")
+    for name in ("no queue, K=16 sum", "no queue, K=1000 all six"):
+        print(f"\n{name}: {cell(name)}", end="")
+    print("\n\n| goal | ratio (wall) | ratio (from the job's creation) | ratio (CPU seconds) |")
     print("|---|---|---|---|")
-    for name, t in times.items():
-        median = statistics.median(t)
-        print(f"| {name} | {gbps[name]:.2f} | {median:.2f} | {per_cpu[name]:.2f} |")
-    base = "bincount pool, K=1000 sum"
-    print("\n| goal | ratio (wall) | ratio (CPU seconds) |")
-    print("|---|---|---|")
-    for label, other in (("K=16 sum, >= 0.5", "K=16 sum"), ("bincount pool (sum), >= 1.0", base)):
-        wall = gbps["K=1000 all six"] / gbps[other]
-        by_cpu = per_cpu["K=1000 all six"] / per_cpu[other]
-        print(f"| K=1000 all six / {label} | {wall:.2f} | {by_cpu:.2f} |")
+    goal = "K=1000 all six"
+    for label, other in (
+        ("K=16 sum, >= 0.5", "K=16 sum"),
+        ("bincount pool (sum), >= 1.0", "bincount pool, K=1000 sum"),
+    ):
+        wall = gbps[goal] / gbps[other]
+        job = from_job[goal] / from_job.get(other, gbps[other])
+        by_cpu = per_cpu[goal] / per_cpu[other]
+        print(f"| {goal} / {label} | {wall:.2f} | {job:.2f} | {by_cpu:.2f} |")
     return 0
 
 
