@@ -252,6 +252,13 @@ def check_metrics(families: dict[str, list[Any]], flow: dict[str, Any], client: 
     assert worker_frames == N_FRAMES
 
 
+def ctrl_c_as_from_a_terminal() -> None:
+    """In the child before it runs: SIGINT's default action, as under a terminal. A shell
+    starts a background job (``./run test &``) with SIGINT ignored, every child inherits
+    that, and Python then leaves it ignored: the Ctrl-C these tests send would do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_metrics_collector_and_endpoint(flow, redis_url):
     from prometheus_client import CollectorRegistry, generate_latest
 
@@ -269,6 +276,7 @@ def test_metrics_collector_and_endpoint(flow, redis_url):
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        preexec_fn=ctrl_c_as_from_a_terminal,
     )
     try:
 
@@ -328,6 +336,7 @@ def test_watch_ctrl_c_leaves_the_job_running(flow, redis_url, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=ctrl_c_as_from_a_terminal,
     )
     assert proc.stderr is not None
     first = proc.stderr.readline()  # the first progress line: watch is following the job
