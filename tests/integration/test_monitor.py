@@ -291,7 +291,12 @@ def test_metrics_collector_and_endpoint(flow, redis_url):
         check_metrics(parse(text), flow, client)
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:  # it outlived Ctrl-C: the test fails, no server stays
+                proc.kill()
+                proc.wait()
 
 
 def test_failed_job_shows_state_reason_and_errors(flow, redis_url, tmp_path):
