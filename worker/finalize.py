@@ -74,6 +74,9 @@ def _attrs(spec: JobSpec, started: float, end: float) -> dict[str, Any]:
 #: Chunk files read ahead of the one being written: reading and checking a file (system
 #: calls and zlib, outside the GIL) overlap the HDF5 writes and each other.
 READ_AHEAD = 2
+#: At most this many bytes of results are read ahead: a job whose chunks' results are
+#: large (many regions) has its files read one at a time, in the writing thread.
+READ_AHEAD_BYTES = 256 << 20
 
 
 def _read(folder: JobFolder, spec: JobSpec, index: int) -> ChunkResult | Exception:
@@ -83,24 +86,36 @@ def _read(folder: JobFolder, spec: JobSpec, index: int) -> ChunkResult | Excepti
         return exc
 
 
+def read_ahead(spec: JobSpec) -> int:
+    """How many chunk files the finalize of ``spec`` reads ahead (0: none)."""
+    largest = spec.chunk_frames * spec.n_regions * len(spec.stats) * 8
+    return min(READ_AHEAD, READ_AHEAD_BYTES // max(largest, 1))
+
+
 def _chunks(
     folder: JobFolder, spec: JobSpec, recompute: Recompute
 ) -> Iterator[tuple[ChunkResult, bool]]:
     """Every chunk's result in order, and whether it was computed again (its file was not a
-    whole one of this job). At most ``READ_AHEAD`` + 1 chunks are held at once."""
-    _ = folder.chunks_fd  # opened once, before the threads share it
-    n = spec.n_chunks
-    with ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="finalize-read") as pool:
-        ahead = deque(pool.submit(_read, folder, spec, i) for i in range(min(READ_AHEAD, n)))
+    whole one of this job). At most ``read_ahead(spec)`` + 1 chunks are held at once."""
+
+    def taken(got: ChunkResult | Exception, index: int) -> tuple[ChunkResult, bool]:
+        if not isinstance(got, Exception):
+            return got, False
+        log.warning("job %s: chunk %d is computed again: %s", spec.job_id, index, got)
+        return recompute(index), True
+
+    n, ahead = spec.n_chunks, read_ahead(spec)
+    if not ahead:
         for index in range(n):
-            if index + READ_AHEAD < n:
-                ahead.append(pool.submit(_read, folder, spec, index + READ_AHEAD))
-            got = ahead.popleft().result()
-            if isinstance(got, Exception):
-                log.warning("job %s: chunk %d is computed again: %s", spec.job_id, index, got)
-                yield recompute(index), True
-            else:
-                yield got, False
+            yield taken(_read(folder, spec, index), index)
+        return
+    _ = folder.chunks_fd  # opened once, before the threads share it
+    with ThreadPoolExecutor(ahead, thread_name_prefix="finalize-read") as pool:
+        pending = deque(pool.submit(_read, folder, spec, i) for i in range(min(ahead, n)))
+        for index in range(n):
+            if index + ahead < n:
+                pending.append(pool.submit(_read, folder, spec, index + ahead))
+            yield taken(pending.popleft().result(), index)
 
 
 def write(spec: JobSpec, folder: JobFolder, recompute: Recompute) -> Written:

@@ -153,12 +153,19 @@ def test_a_finalize_that_keeps_failing_fails_the_job_naming_why(
     assert not os.path.exists(output)
 
 
-def test_finalize_memory_is_one_chunk_not_the_whole_output(tmp_path):
+@pytest.mark.parametrize(("budget", "ahead", "held"), [(None, 2, 6), (0, 0, 2.5)])
+def test_finalize_memory_is_one_chunk_not_the_whole_output(
+    tmp_path, monkeypatch, budget, ahead, held
+):
     """Results go to the output as chunks are read: finalize's peak memory is a few
-    chunks' results, not frames x regions x statistics."""
+    chunks' results, not frames x regions x statistics; with results too large to read
+    ahead (a budget of 0 bytes here), about one chunk's."""
     from dataclasses import replace
 
     from worker import finalize
+
+    if budget is not None:
+        monkeypatch.setattr(finalize, "READ_AHEAD_BYTES", budget)
 
     bounds = tuple(range(0, 20_001, 500))  # 40 chunks of 500 frames
     path = str(tmp_path / "out.h5.parts")
@@ -176,6 +183,7 @@ def test_finalize_memory_is_one_chunk_not_the_whole_output(tmp_path):
             chunkfile.write_chunk(folder, spec, result_of(spec, i))
         whole = spec.n_frames * spec.n_regions * len(spec.stats) * 8  # 164 MB
         chunk = whole // spec.n_chunks
+        assert finalize.read_ahead(spec) == ahead
         tracemalloc.start()
         try:
             written = finalize.write(spec, folder, lambda i: pytest.fail(f"recomputed {i}"))
@@ -183,18 +191,25 @@ def test_finalize_memory_is_one_chunk_not_the_whole_output(tmp_path):
         finally:
             tracemalloc.stop()
         folder.unlink(written.tmp)
-    assert peak < 6 * chunk < whole / 5, (peak, chunk, whole)
+    assert peak < held * chunk < whole / 5, (peak, chunk, whole)
 
 
-def test_chunk_files_damaged_after_commit_are_computed_again_in_place(tmp_path):
-    """Files read ahead of the one being written: a truncated file, a missing one and
-    another job's are each computed again, in order, and every row of the output holds
-    its own chunk's values bit for bit (none left unwritten)."""
+@pytest.mark.parametrize("budget", [None, 0])
+def test_chunk_files_damaged_after_commit_are_computed_again_in_place(
+    tmp_path, monkeypatch, budget
+):
+    """Files read ahead of the one being written (or, over the budget, one at a time): a
+    truncated file, a missing one and another job's are each computed again, in order,
+    and every row of the output holds its own chunk's values bit for bit (none left
+    unwritten)."""
     from dataclasses import replace
 
     import h5py
 
     from worker import finalize
+
+    if budget is not None:
+        monkeypatch.setattr(finalize, "READ_AHEAD_BYTES", budget)
 
     bounds = (0, 9, 18, 20, 31, 40, 49, 60)
     path = str(tmp_path / "out.h5.parts")
@@ -221,6 +236,7 @@ def test_chunk_files_damaged_after_commit_are_computed_again_in_place(tmp_path):
             fh.truncate(os.path.getsize(fh.name) - 8)
         os.unlink(os.path.join(chunks, chunkfile.chunk_name(2)))
         chunkfile.write_chunk(folder, replace(spec, job_id="b" * 16), result_of(spec, 5))
+        assert finalize.read_ahead(spec) == (2 if budget is None else 0)
         written = finalize.write(spec, folder, recompute)
         with h5py.File(os.path.join(path, written.tmp), "r") as f:
             out = {s: f["results"][s][()] for s in spec.stats}
