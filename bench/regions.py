@@ -66,14 +66,14 @@ def _baseline_share(
     """One baseline process's share: frames [lo, hi) read and summed by ``method``."""
     import hdf5plugin  # noqa: F401  (Bitshuffle-LZ4 for h5py)
 
-    flat, k, onehot = _prepared(labels_path)
+    flat, k, matrix = _prepared(labels_path)
     out = np.empty((hi - lo, k))
     with h5py.File(path, "r") as f:
         dset = f[DATASET]
         for a in range(lo, hi, BLOCK):
             block = dset[a : min(a + BLOCK, hi)]
             if method == "CSR":
-                out[a - lo : a - lo + len(block)] = (onehot @ block.reshape(len(block), -1).T).T
+                out[a - lo : a - lo + len(block)] = (matrix @ block.reshape(len(block), -1).T).T
                 continue
             for i, frame in enumerate(block):
                 out[a - lo + i] = np.bincount(flat, weights=frame.ravel(), minlength=k + 1)[1:]

@@ -28,6 +28,7 @@ from framestats import __version__, jobs
 from framestats.chunkfile import ChunkFileInvalid, ChunkResult, read_chunk
 from framestats.constants import MASK_NAME
 from framestats.jobdir import JobFolder, open_dir
+from framestats.limits import output_bytes
 from framestats.messages import JobSpec
 
 from . import output
@@ -88,7 +89,7 @@ def _read(folder: JobFolder, spec: JobSpec, index: int) -> ChunkResult | Excepti
 
 def read_ahead(spec: JobSpec) -> int:
     """How many chunk files the finalize of ``spec`` reads ahead (0: none)."""
-    largest = spec.chunk_frames * spec.n_regions * len(spec.stats) * 8
+    _, largest = output_bytes(spec.n_frames, spec.n_regions, len(spec.stats), spec.boundaries)
     return min(READ_AHEAD, READ_AHEAD_BYTES // max(largest, 1))
 
 
