@@ -15,7 +15,11 @@ rotating order:
   ``scipy.sparse`` CSR one-hot (K x pixels) times the block;
 * "no queue": the worker's own read + reduce code in a pool of ``--workers`` processes
   (``bench.baselines.NoQueue``), K = 16 sum and K = 1,000 all six: what the pipeline
-  costs without the queue, the chunk files and the output file.
+  costs without the queue, the chunk files and the output file;
+* for K = 1,000, each side of the goal "all six >= 1.0x a bincount pool" both cold and
+  both warm: the command against the bincount pool as a user's script run from a fresh
+  interpreter (``bench.pool_script``), and the job through the Python API
+  (``framestats.submit(...).wait()`` in this warm interpreter) against the warm pool.
 
 GB/s = uncompressed bytes / median wall time (the command from start to exit, output
 file complete). The sums of every run are checked against the bincount baseline's.
@@ -26,8 +30,10 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +44,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from . import baselines, e2e
+from . import baselines, e2e, pool_script
 from .data import DATASET, data_root, ensure_stack
 from .kernel import onehot, pixel_bins, rings
 
@@ -48,7 +54,9 @@ KS = (16, 100, 1000, 10000)
 #: The baselines' reductions (sum only).
 BASELINES = ("bincount", "CSR")
 #: Frames per read in the baselines (as ``bench.baselines``' blocks).
-BLOCK = 64
+BLOCK = pool_script.BLOCK
+#: The checkout, from where ``python -m bench.pool_script`` runs.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Per baseline process: labels path -> (flat labels, K, CSR one-hot), built once.
 _PREPARED: dict[str, tuple[np.ndarray, int, Any]] = {}
 
@@ -67,16 +75,14 @@ def _baseline_share(
     import hdf5plugin  # noqa: F401  (Bitshuffle-LZ4 for h5py)
 
     flat, k, matrix = _prepared(labels_path)
+    if method == "bincount":
+        return lo, pool_script.bincount_sums(path, DATASET, flat, k, lo, hi)
     out = np.empty((hi - lo, k))
     with h5py.File(path, "r") as f:
         dset = f[DATASET]
         for a in range(lo, hi, BLOCK):
             block = dset[a : min(a + BLOCK, hi)]
-            if method == "CSR":
-                out[a - lo : a - lo + len(block)] = (matrix @ block.reshape(len(block), -1).T).T
-                continue
-            for i, frame in enumerate(block):
-                out[a - lo + i] = np.bincount(flat, weights=frame.ravel(), minlength=k + 1)[1:]
+            out[a - lo : a - lo + len(block)] = (matrix @ block.reshape(len(block), -1).T).T
     return lo, out
 
 
@@ -121,24 +127,55 @@ def submit(
     stats: str,
     output: str,
     job_seconds: list[float],
+    api: bool = False,
 ) -> np.ndarray:
-    """``producer submit --wait`` once; returns the per-frame sums (frames, K), and appends
-    to ``job_seconds`` the time from the job's creation in Redis to its end (the command
-    without its start-up, checks and exit)."""
+    """``producer submit --wait`` once (``api``: ``framestats.submit(...).wait()`` in this
+    warm interpreter, as from a notebook); returns the per-frame sums (frames, K), and
+    appends to ``job_seconds`` the time from the job's creation in Redis to its end
+    (without the command's start-up, checks and exit)."""
+    import framestats
     from framestats import connection, jobs
 
-    args = ("submit", path, "--mask", mask, "--output", output, "--stats", stats)
-    _, stdout = e2e.producer(redis_url, *args, "--queue", workers.queue, "--wait", "--overwrite")
+    if api:
+        job = framestats.submit(
+            path,
+            mask,
+            output=output,
+            stats=stats,
+            queue=workers.queue,
+            overwrite=True,
+            redis_url=redis_url,
+        )
+        job.wait()
+        job_id = job.id
+    else:
+        args = ("submit", path, "--mask", mask, "--output", output, "--stats", stats)
+        run = e2e.producer(redis_url, *args, "--queue", workers.queue, "--wait", "--overwrite")
+        job_id = run[1].split()[0]
     client = connection.connect(redis_url)
     try:
-        job_id = stdout.split()[0]
-        job = jobs.get(client, job_id) or {}
-        job_seconds.append(float(job["finished"]) - float(job["created"]))
+        record = jobs.get(client, job_id) or {}
+        job_seconds.append(float(record["finished"]) - float(record["created"]))
         jobs.delete(client, job_id)  # leave the database as it was
     finally:
         client.close()
     with h5py.File(output, "r") as f:
         return np.asarray(f["results/sum"][...])
+
+
+def script(path: str, mask: str, out: str, processes: int) -> np.ndarray:
+    """``bench.pool_script`` once, from a fresh interpreter: the sums it wrote."""
+    argv = [sys.executable, "-m", "bench.pool_script", path, mask, out]
+    argv += ["--processes", str(processes), "--dataset", DATASET]
+    subprocess.run(argv, env=e2e._env(""), cwd=_ROOT, check=True)
+    return np.load(out)
+
+
+def _cpu_self_and_children() -> float:
+    """CPU seconds of this process and its ended children (a command or a script run)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    ended = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + ended.ru_utime + ended.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,12 +234,23 @@ def main(argv: list[str] | None = None) -> int:
     def baseline(method: str, k: int) -> Callable[[], np.ndarray]:
         return lambda: pool.run(method, path, masks[k], args.frames)
 
+    def api(k: int, stats: str) -> Callable[[], np.ndarray]:
+        output = os.path.join(scratch, f"api-{k}.h5")
+        seconds = job_seconds.setdefault(f"API, K={k} all six", [])
+        return lambda: submit(redis_url, workers, path, masks[k], stats, output, seconds, api=True)
+
+    def cold(k: int) -> Callable[[], np.ndarray]:
+        out = os.path.join(scratch, f"script-{k}.npy")
+        return lambda: script(path, masks[k], out, args.workers)
+
     runners: dict[str, Callable[[], np.ndarray]] = {}
     for k in KS:
         runners[f"K={k} sum"] = case(f"K={k} sum", k, "sum")
         runners[f"K={k} all six"] = case(f"K={k} all six", k, STATS)
         for method in BASELINES:
             runners[f"{method} pool, K={k} sum"] = baseline(method, k)
+    runners["API, K=1000 all six"] = api(1000, STATS)
+    runners["bincount script, K=1000 sum"] = cold(1000)
     runners["no queue, K=16 sum"] = no_queue(16, "sum")
     runners["no queue, K=1000 all six"] = no_queue(1000, STATS)
     times: dict[str, list[float]] = {name: [] for name in runners}
@@ -217,14 +265,16 @@ def main(argv: list[str] | None = None) -> int:
                     pids = pool.pids()
                 elif name.startswith("no queue"):
                     pids = list(noqueue.pool._processes)  # type: ignore[attr-defined]
+                elif " script, " in name:
+                    pids = []  # a child of this process: counted once it ended
                 else:
                     pids = workers.pids()
-                c0 = e2e.cpu_seconds(pids)
+                c0 = e2e.cpu_seconds(pids) + _cpu_self_and_children()
                 t0 = time.perf_counter()
                 sums[name] = runners[name]()
                 if rep:
                     times[name].append(time.perf_counter() - t0)
-                    cpu[name].append(e2e.cpu_seconds(pids) - c0)
+                    cpu[name].append(e2e.cpu_seconds(pids) + _cpu_self_and_children() - c0)
             log(f"round {rep} done")
     finally:
         workers.stop(client)
@@ -238,17 +288,19 @@ def main(argv: list[str] | None = None) -> int:
         reference = sums[f"bincount pool, K={k} sum"]
         for name in (f"K={k} sum", f"K={k} all six", f"CSR pool, K={k} sum"):
             np.testing.assert_array_equal(sums[name], reference, err_msg=name)
+    for name in ("API, K=1000 all six", "bincount script, K=1000 sum"):
+        np.testing.assert_array_equal(sums[name], sums["bincount pool, K=1000 sum"], err_msg=name)
     no_queue_sums = sums["no queue, K=1000 all six"]  # region 1 only (NoQueue's result)
     np.testing.assert_array_equal(
         no_queue_sums, sums["bincount pool, K=1000 sum"][:, 0], err_msg="no queue"
     )
     gbps = {n: stack.nbytes / 1e9 / statistics.median(t) for n, t in times.items()}
-    # CPU seconds of the worker (or pool) processes: unlike wall time, not inflated by
-    # other people's jobs on a shared machine (the worker node's CPU includes its
-    # bookkeeping; the producer command's own start-up is not counted).
+    # CPU seconds of the worker (or pool) processes, this process and the command or
+    # script it ran: unlike wall time, not inflated by other people's jobs on a shared
+    # machine (the worker node's CPU includes its bookkeeping).
     per_cpu = {n: stack.nbytes / 1e9 / statistics.median(c) for n, c in cpu.items()}
     # From the job's creation: the pipeline without the command's start-up and exit
-    # (a warm pool has neither), for the runs of ``producer submit``.
+    # (a warm pool has neither), for the runs of ``producer submit`` and the API.
     from_job = {n: stack.nbytes / 1e9 / statistics.median(t[1:]) for n, t in job_seconds.items()}
     command = " ".join(["python -m bench.regions", *(argv if argv is not None else sys.argv[1:])])
     print(f"# {command}")
@@ -270,19 +322,29 @@ def main(argv: list[str] | None = None) -> int:
     for k in KS:
         names = (f"K={k} sum", f"K={k} all six", *(f"{m} pool, K={k} sum" for m in BASELINES))
         print(f"| {k:,} | " + " | ".join(cell(n) for n in names) + " |")
-    for name in ("no queue, K=16 sum", "no queue, K=1000 all six"):
+    for name in (
+        "API, K=1000 all six",
+        "bincount script, K=1000 sum",
+        "no queue, K=16 sum",
+        "no queue, K=1000 all six",
+    ):
         print(f"\n{name}: {cell(name)}", end="")
     print("\n\n| goal | ratio (wall) | ratio (from the job's creation) | ratio (CPU seconds) |")
     print("|---|---|---|---|")
-    goal = "K=1000 all six"
-    for label, other in (
-        ("K=16 sum, >= 0.5", "K=16 sum"),
-        ("bincount pool (sum), >= 1.0", "bincount pool, K=1000 sum"),
+    goal, pool_sum, api_goal = "K=1000 all six", "bincount pool, K=1000 sum", "API, K=1000 all six"
+    for label, mine, other in (
+        ("K=1000 all six / K=16 sum, >= 0.5", goal, "K=16 sum"),
+        ("K=1000 all six / bincount pool (sum), >= 1.0", goal, pool_sum),
+        ("the same, both cold: command / bincount script", goal, "bincount script, K=1000 sum"),
+        ("the same, both warm: Python API / bincount pool", api_goal, pool_sum),
     ):
-        wall = gbps[goal] / gbps[other]
-        job = from_job[goal] / from_job.get(other, gbps[other])
-        by_cpu = per_cpu[goal] / per_cpu[other]
-        print(f"| {goal} / {label} | {wall:.2f} | {job:.2f} | {by_cpu:.2f} |")
+        wall = gbps[mine] / gbps[other]
+        # A script's time includes its start-up: no ratio without the command's.
+        job = (
+            "-" if "script" in other else f"{from_job[mine] / from_job.get(other, gbps[other]):.2f}"
+        )
+        by_cpu = per_cpu[mine] / per_cpu[other]
+        print(f"| {label} | {wall:.2f} | {job} | {by_cpu:.2f} |")
     return 0
 
 

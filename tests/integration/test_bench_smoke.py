@@ -56,3 +56,16 @@ def test_overhead_bench_runs_a_job_of_one_frame_chunks(redis_url):
     run = run_bench("bench.overhead", "--chunks", "30", "--reps", "1", redis_url=redis_url)
     assert run.returncode == 0, run.stderr[-4000:]
     assert "median of 1:" in run.stdout and "30 one-frame chunks" in run.stdout
+
+
+@pytest.mark.timeout(300)
+def test_regions_bench_sweeps_k_and_compares_like_with_like(tmp_path, redis_url):
+    args = ["--frames", "16", "--size", "512", "--reps", "1", "--data", str(tmp_path)]
+    run = run_bench("bench.regions", *args, redis_url=redis_url)
+    # The bench checks every run's sums equal to the bincount pool's before it reports.
+    assert run.returncode == 0, run.stderr[-4000:]
+    for k in ("| 16 |", "| 100 |", "| 1,000 |", "| 10,000 |"):
+        assert k in run.stdout
+    for goal in ("both cold: command / bincount script", "both warm: Python API / bincount pool"):
+        assert goal in run.stdout
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("bench-regions-")]
