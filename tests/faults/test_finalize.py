@@ -8,18 +8,22 @@ after FRAMESTATS_MAX_DELIVERIES, naming the reason.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import time
 import tracemalloc
 import uuid
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from framestats import chunkfile
 from framestats import constants as C
+from framestats.constants import MASK_NAME
 from framestats.jobdir import JobFolder
+from framestats.messages import JobSpec
 from framestats.wire import publish_finalize
 from producer.samples import detector_frames, write_stack
 from tests.faults.util import FAULT_ENV, Job, submit, workers
@@ -153,6 +157,18 @@ def test_a_finalize_that_keeps_failing_fails_the_job_naming_why(
     assert not os.path.exists(output)
 
 
+def committed_folder(spec: JobSpec, labels: np.ndarray) -> JobFolder:
+    """A new job folder at ``spec.workdir`` holding the mask and every chunk's file, as
+    the finalize finds it once every chunk is committed."""
+    folder = JobFolder.create(spec.workdir)
+    buf = io.BytesIO()
+    np.save(buf, labels)
+    folder.write_bytes(MASK_NAME, buf.getvalue())
+    for i in range(spec.n_chunks):
+        chunkfile.write_chunk(folder, spec, result_of(spec, i))
+    return folder
+
+
 @pytest.mark.parametrize(("budget", "ahead", "held"), [(None, 2, 6), (0, 0, 2.5)])
 def test_finalize_memory_is_one_chunk_not_the_whole_output(
     tmp_path, monkeypatch, budget, ahead, held
@@ -160,8 +176,6 @@ def test_finalize_memory_is_one_chunk_not_the_whole_output(
     """Results go to the output as chunks are read: finalize's peak memory is a few
     chunks' results, not frames x regions x statistics; with results too large to read
     ahead (a budget of 0 bytes here), about one chunk's."""
-    from dataclasses import replace
-
     from worker import finalize
 
     if budget is not None:
@@ -173,14 +187,7 @@ def test_finalize_memory_is_one_chunk_not_the_whole_output(
         spec_of(regions=512, bounds=bounds), workdir=path, output=str(tmp_path / "out.h5"),
         stats=("sum", "max"), frame_shape=(16, 32),
     )  # fmt: skip
-    with JobFolder.create(path) as folder:
-        import io
-
-        buf = io.BytesIO()
-        np.save(buf, np.arange(1, 513, dtype=np.int32).reshape(16, 32))
-        folder.write_bytes("mask.npy", buf.getvalue())
-        for i in range(spec.n_chunks):
-            chunkfile.write_chunk(folder, spec, result_of(spec, i))
+    with committed_folder(spec, np.arange(1, 513, dtype=np.int32).reshape(16, 32)) as folder:
         whole = spec.n_frames * spec.n_regions * len(spec.stats) * 8  # 164 MB
         chunk = whole // spec.n_chunks
         assert finalize.read_ahead(spec) == ahead
@@ -202,8 +209,6 @@ def test_chunk_files_damaged_after_commit_are_computed_again_in_place(
     truncated file, a missing one and another job's are each computed again, in order,
     and every row of the output holds its own chunk's values bit for bit (none left
     unwritten)."""
-    from dataclasses import replace
-
     import h5py
 
     from worker import finalize
@@ -223,14 +228,7 @@ def test_chunk_files_damaged_after_commit_are_computed_again_in_place(
         calls.append(i)
         return result_of(spec, i)
 
-    with JobFolder.create(path) as folder:
-        import io
-
-        buf = io.BytesIO()
-        np.save(buf, (np.arange(20, dtype=np.int32) % 6).reshape(4, 5))
-        folder.write_bytes("mask.npy", buf.getvalue())
-        for i in range(spec.n_chunks):
-            chunkfile.write_chunk(folder, spec, result_of(spec, i))
+    with committed_folder(spec, (np.arange(20, dtype=np.int32) % 6).reshape(4, 5)) as folder:
         chunks = os.path.join(path, "chunks")
         with open(os.path.join(chunks, chunkfile.chunk_name(1)), "r+b") as fh:
             fh.truncate(os.path.getsize(fh.name) - 8)
