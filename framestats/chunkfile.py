@@ -144,25 +144,39 @@ def is_committed(folder: JobFolder, spec: JobSpec, index: int) -> bool:
 
 def read_chunk(folder: JobFolder, spec: JobSpec, index: int) -> ChunkResult:
     """Chunk ``index``'s statistics; ChunkFileInvalid when the file is not a whole result
-    of this job's chunk (another job's, truncated, corrupt); FileNotFoundError if absent."""
+    of this job's chunk (another job's, truncated, corrupt); FileNotFoundError if absent.
+
+    Header and values come from one open of the file (a duplicate's rename in between
+    cannot pair one file's header with another's values). The values are read straight
+    into one new float64 array: aligned, and large enough for the huge pages numpy asks
+    for, where a ``bytes`` of the whole file took twice as long to fill.
+    """
     import numpy as np
 
     name = chunk_name(index)
-    raw = folder.read(name, in_chunks=True)
-    head, at = _header(raw, name)
-    _check_owner(head, spec, index, name)
-    names = list(head["stats"])
-    frames = spec.boundaries[index + 1] - spec.boundaries[index]
-    body = memoryview(raw)[at:]
-    if len(body) != 8 * len(names) * frames * spec.n_regions:
-        raise ChunkFileInvalid(f"{name} holds {len(body)} bytes of values, expected others")
-    if zlib.crc32(body) != head.get("crc32"):
+    with folder.opened(name, in_chunks=True) as (fd, size):
+        head, at = _header(os.pread(fd, min(size, _HEADER_LIMIT), 0), name)
+        _check_owner(head, spec, index, name)
+        names = list(head["stats"])
+        frames = spec.boundaries[index + 1] - spec.boundaries[index]
+        values = np.empty((len(names), frames, spec.n_regions), dtype="<f8")
+        if size - at != values.nbytes:
+            raise ChunkFileInvalid(f"{name} holds {size - at} bytes of values, expected others")
+        _read_exactly(fd, values.data.cast("B"), at, name)
+    if zlib.crc32(values.data) != head.get("crc32"):
         raise ChunkFileInvalid(f"{name}: checksum mismatch (the file is damaged)")
-    values = np.frombuffer(body, dtype="<f8").reshape(len(names), frames, spec.n_regions)
-    # Read-only views of the file's bytes (no copy where float64 is little-endian).
+    # Views of one array (no copy where float64 is little-endian).
     stats = {n: values[i].astype(np.float64, copy=False) for i, n in enumerate(names)}
     start, stop = spec.boundaries[index], spec.boundaries[index + 1]
     return ChunkResult(index=index, start=start, stop=stop, stats=stats, meta=head["meta"])
+
+
+def _read_exactly(fd: int, view: memoryview, offset: int, where: str) -> None:
+    while view:
+        got = os.preadv(fd, [view], offset)
+        if not got:
+            raise ChunkFileInvalid(f"{where} ended early (written to while being read)")
+        view, offset = view[got:], offset + got
 
 
 def committed(folder: JobFolder, spec: JobSpec | None = None) -> set[int]:

@@ -17,7 +17,8 @@ import errno
 import os
 import stat
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from .constants import CHUNKS_DIR
@@ -128,9 +129,11 @@ class JobFolder:
     def _dir(self, in_chunks: bool) -> int:
         return self.chunks_fd if in_chunks else self.fd
 
-    def read(self, name: str, in_chunks: bool = False, limit: int | None = None) -> bytes:
-        """The bytes of regular file ``name`` (up to ``limit``); JobFolderError for a link,
-        a FIFO or anything not a regular file; FileNotFoundError when absent."""
+    @contextmanager
+    def opened(self, name: str, in_chunks: bool = False) -> Iterator[tuple[int, int]]:
+        """(descriptor, size) of regular file ``name``, open for reading while the block
+        runs; JobFolderError for a link, a FIFO or anything not a regular file;
+        FileNotFoundError when absent."""
         where = os.path.join(self.path, CHUNKS_DIR if in_chunks else "", name)
         try:
             fd = os.open(name, _READ_FLAGS, dir_fd=self._dir(in_chunks))
@@ -143,17 +146,22 @@ class JobFolder:
             if not stat.S_ISREG(info.st_mode):
                 raise JobFolderError(f"{where} is not a regular file")
             os.set_blocking(fd, True)
-            want = info.st_size if limit is None else min(limit, info.st_size)
+            yield fd, info.st_size
+        finally:
+            os.close(fd)
+
+    def read(self, name: str, in_chunks: bool = False, limit: int | None = None) -> bytes:
+        """The bytes of regular file ``name`` (up to ``limit``), as ``opened`` finds it."""
+        with self.opened(name, in_chunks) as (fd, size):
+            want = size if limit is None else min(limit, size)
             parts, got = [], 0
             while got < want:
-                part = os.read(fd, want - got)
+                part = os.pread(fd, want - got, got)
                 if not part:
                     break
                 parts.append(part)
                 got += len(part)
             return b"".join(parts)
-        finally:
-            os.close(fd)
 
     def write_atomic(
         self, name: str, write: Callable[[int], None], in_chunks: bool = False

@@ -17,7 +17,7 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,44 +119,98 @@ def _chunks(
             yield taken(pending.popleft().result(), index)
 
 
+class Writeback:
+    """Flushes a file to disk in a background thread while its writer goes on.
+
+    ``kick()`` after each piece starts one ``fdatasync`` unless one is still running (the
+    next covers what this one would have); ``finish()`` waits for it and raises its error.
+    The disk's work then overlaps the writes into the page cache instead of all of it
+    waiting for the final fsync (the kernel would start on its own only after seconds).
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="finalize-sync")
+        self._running: Future[None] | None = None
+
+    @property
+    def flushing(self) -> bool:
+        """Whether a flush is running."""
+        return self._running is not None and not self._running.done()
+
+    def kick(self) -> None:
+        if self.flushing:
+            return
+        if self._running is not None:
+            self._running.result()
+        self._running = self._pool.submit(os.fdatasync, self._fd)
+
+    def finish(self) -> None:
+        try:
+            if self._running is not None:
+                self._running.result()
+        finally:
+            self._pool.shutdown()
+
+    def __enter__(self) -> Writeback:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._pool.shutdown()  # waits for a running fdatasync: the descriptor outlives it
+
+
 def write(spec: JobSpec, folder: JobFolder, recompute: Recompute) -> Written:
     """Write the output into a temporary file of the job folder; returns its name."""
     labels = np.load(io.BytesIO(folder.read(MASK_NAME)), allow_pickle=False)
     counts = np.bincount(labels.ravel(), minlength=spec.n_regions + 1)[1:].astype(np.int64)
     frame_index = np.concatenate([seg.frame_index() for seg in spec.segments])
-    devices: set[str] = set()
-    workers: set[str] = set()
-    again: list[int] = []
     tmp, fd = folder.new_tmp(os.path.basename(spec.output))
     try:
-        # The descriptor's /proc name: HDF5 opens exactly this file, whatever the folder.
-        with h5py.File(f"/proc/self/fd/{fd}", "w") as f:
-            datasets = output.create(
-                f, spec, _attrs(spec, spec.created, time.time()), counts, frame_index
-            )
-            rows = 0
-            for chunk, recomputed in _chunks(folder, spec, recompute):
-                if recomputed:
-                    again.append(chunk.index)
-                for s in spec.stats:
-                    datasets[s][chunk.start : chunk.stop] = chunk.stats[s]
-                rows += chunk.stop - chunk.start
-                decode = chunk.meta.get("decode")
-                devices.add(
-                    str(chunk.meta.get("device", "?")) + (f" decode={decode}" if decode else "")
+        with Writeback(fd) as writeback:
+            # The descriptor's /proc name: HDF5 opens exactly this file, whatever the folder.
+            with h5py.File(f"/proc/self/fd/{fd}", "w") as f:
+                datasets = output.create(
+                    f, spec, _attrs(spec, spec.created, time.time()), counts, frame_index
                 )
-                workers.add(str(chunk.meta.get("worker", "?")))
-            if rows != spec.n_frames:  # the datasets are not pre-filled: every row is written
-                raise RuntimeError(f"chunks cover {rows} of {spec.n_frames} frames")
-            f.attrs["devices"] = ",".join(sorted(devices))
-            f.attrs["workers"] = ",".join(sorted(workers))
+                again = _fill(f, datasets, spec, _chunks(folder, spec, recompute), writeback)
+            writeback.finish()
         os.fsync(fd)
     except BaseException:
         folder.unlink(tmp)
         raise
     finally:
         os.close(fd)
-    return Written(tmp, tuple(again))
+    return Written(tmp, again)
+
+
+def _fill(
+    f: h5py.File,
+    datasets: dict[str, h5py.Dataset],
+    spec: JobSpec,
+    chunks: Iterator[tuple[ChunkResult, bool]],
+    writeback: Writeback,
+) -> tuple[int, ...]:
+    """Every chunk's rows into the datasets, who computed them into the root attributes;
+    returns the chunks computed again."""
+    devices: set[str] = set()
+    workers: set[str] = set()
+    again: list[int] = []
+    rows = 0
+    for chunk, recomputed in chunks:
+        if recomputed:
+            again.append(chunk.index)
+        for s in spec.stats:
+            datasets[s][chunk.start : chunk.stop] = chunk.stats[s]
+        writeback.kick()
+        rows += chunk.stop - chunk.start
+        decode = chunk.meta.get("decode")
+        devices.add(str(chunk.meta.get("device", "?")) + (f" decode={decode}" if decode else ""))
+        workers.add(str(chunk.meta.get("worker", "?")))
+    if rows != spec.n_frames:  # the datasets are not pre-filled: every row is written
+        raise RuntimeError(f"chunks cover {rows} of {spec.n_frames} frames")
+    f.attrs["devices"] = ",".join(sorted(devices))
+    f.attrs["workers"] = ",".join(sorted(workers))
+    return tuple(again)
 
 
 def publish(spec: JobSpec, folder: JobFolder, written: Written, roots: tuple[str, ...]) -> None:

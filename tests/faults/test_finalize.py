@@ -244,3 +244,54 @@ def test_chunk_files_damaged_after_commit_are_computed_again_in_place(
         for s in spec.stats:
             got = out[s][want.start : want.stop]
             assert got.tobytes() == want.stats[s].tobytes(), (i, s)
+
+
+def test_a_failed_background_flush_fails_the_finalize_and_leaves_no_file(tmp_path, monkeypatch):
+    """The output is flushed to disk in the background while it is written; a disk error
+    there (EIO) fails the finalize, as the final fsync's would, and removes the partial
+    file: the next delivery writes it again."""
+    import errno
+
+    from worker import finalize
+
+    def broken_disk(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    path = str(tmp_path / "out.h5.parts")
+    spec = replace(
+        spec_of(regions=5), workdir=path, output=str(tmp_path / "out.h5"), frame_shape=(4, 5)
+    )
+    with committed_folder(spec, (np.arange(20, dtype=np.int32) % 6).reshape(4, 5)) as folder:
+        monkeypatch.setattr(finalize.os, "fdatasync", broken_disk)
+        with pytest.raises(OSError, match="Input/output error"):
+            finalize.write(spec, folder, lambda i: pytest.fail(f"recomputed {i}"))
+        monkeypatch.undo()
+        assert sorted(os.listdir(path)) == ["chunks", MASK_NAME]
+
+
+def test_writeback_runs_one_flush_at_a_time_and_never_holds_up_the_writer(tmp_path, monkeypatch):
+    """kick() while a flush runs starts none (the running one is not waited for); the next
+    kick after it ended starts the next; finish() waits for the last."""
+    import threading
+
+    from worker import finalize
+
+    release, started = threading.Event(), []
+
+    def slow_flush(fd: int) -> None:
+        started.append(fd)
+        assert release.wait(60)
+
+    monkeypatch.setattr(finalize.os, "fdatasync", slow_flush)
+    with open(tmp_path / "f", "wb") as fh, finalize.Writeback(fd := fh.fileno()) as writeback:
+        try:
+            for _ in range(5):  # each would wait 60 s if kick() waited for the flush
+                writeback.kick()
+            assert writeback.flushing and started == [fd]
+        finally:
+            release.set()
+        wait_until(lambda: not writeback.flushing, 10, "the first flush's end")
+        writeback.kick()
+        writeback.finish()
+        assert not writeback.flushing
+    assert started == [fd, fd]

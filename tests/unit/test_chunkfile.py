@@ -51,6 +51,7 @@ def test_round_trip_is_bit_exact(folder, regions):
     assert (back.index, back.start, back.stop, back.meta) == (1, 37, 74, written.meta)
     for s in STATS:
         assert back.stats[s].dtype == np.float64 and back.stats[s].flags.c_contiguous
+        assert back.stats[s].flags.aligned, s  # read into its own array, not at an offset
         assert back.stats[s].tobytes() == written.stats[s].tobytes(), s
     assert chunkfile.committed(folder) == {1}
     assert chunkfile.committed(folder, spec) == {1}
