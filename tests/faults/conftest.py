@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import redis
 
+from tests.faults.private_redis import PrivateRedis
 from tests.faults.util import (
     FAULT_ENV,
     FILE_CHUNK,
@@ -28,7 +29,6 @@ from tests.faults.util import (
     WIDTH,
     Job,
     Output,
-    PrivateRedis,
     job_args,
     read_output,
     submit,

@@ -30,11 +30,11 @@ from framestats import jobs
 from framestats.messages import JobState
 from framestats.settings import Settings
 from framestats.wire import UNACKED_KEY, read_task
+from tests.faults.private_redis import PrivateRedis
 from tests.faults.util import (
     N_FRAMES,
     Job,
     OutputWatch,
-    PrivateRedis,
     assert_identical,
     emulate_death_after_take,
     find_mid_chunk,

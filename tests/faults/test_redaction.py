@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from producer.samples import detector_frames, write_stack
-from tests.faults.util import FAULT_ENV, PrivateRedis, full_log
+from tests.faults.private_redis import PrivateRedis
+from tests.faults.util import FAULT_ENV, full_log
 from tests.support.wait import wait_until
 from tests.support.workers import free_port, run_producer, start_worker
 

@@ -13,7 +13,8 @@ import pytest
 import redis
 
 from producer.samples import detector_frames, write_stack
-from tests.faults.util import FAULT_ENV, PrivateRedis
+from tests.faults.private_redis import PrivateRedis
+from tests.faults.util import FAULT_ENV
 from tests.support.reference import check_against_reference, read_output
 from tests.support.wait import wait_until
 from tests.support.workers import free_port, run_producer, start_worker

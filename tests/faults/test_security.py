@@ -27,12 +27,11 @@ from framestats.constants import TASK_FINALIZE, TASK_REDUCE
 from framestats.messages import JobSpec
 from framestats.settings import Settings
 from producer.samples import detector_frames, write_stack
+from tests.faults.private_redis import PrivateRedis, make_tls
 from tests.faults.util import (
     FAULT_ENV,
     Job,
-    PrivateRedis,
     full_log,
-    make_tls,
     submit,
 )
 from tests.support.jobfiles import forge_job_folder, load_manifest

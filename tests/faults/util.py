@@ -1,6 +1,7 @@
-"""Fault-injection helpers: a private redis-server, jobs, killers, bit-for-bit comparison.
+"""Fault-injection helpers: jobs, killers, bit-for-bit comparison (the private
+redis-server is ``tests.faults.private_redis``).
 
-Every process these helpers start (redis-server, workers) runs in a session of its own
+Every process these helpers start (workers) runs in a session of its own
 and is stopped by its pid or process group, never by name.
 """
 
@@ -9,15 +10,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 import h5py
 import numpy as np
@@ -27,7 +25,7 @@ from framestats import constants as C
 from framestats import jobs
 from framestats.chunkfile import chunk_index
 from tests.support.jobfiles import chunk_file, chunk_meta
-from tests.support.workers import WorkerProcess, free_port, run_producer, start_worker
+from tests.support.workers import WorkerProcess, run_producer, start_worker
 
 #: The job every fault test runs: gzip frames, so a chunk takes long enough to be
 #: killed in the middle; all six statistics over 32 regions.
@@ -64,146 +62,6 @@ FAULT_ENV = {
     "FRAMESTATS_MAX_RETRIES": "1",
     "FRAMESTATS_RETRY_BACKOFF": "0.2",
 }
-
-
-@dataclass(frozen=True)
-class TLSFiles:
-    """A test CA and a server certificate it signed (for 127.0.0.1 and localhost)."""
-
-    ca: str
-    cert: str
-    key: str
-
-
-def make_tls(folder: str) -> TLSFiles:
-    """A throw-away CA and server certificate, made with the openssl command."""
-    if shutil.which("openssl") is None:
-        raise RuntimeError("openssl is not installed")
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
-
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "san.ext"), "w", encoding="ascii") as fh:
-        fh.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-        "-days", "2", "-subj", "/CN=framestats test CA")  # fmt: skip
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-        "-subj", "/CN=localhost")  # fmt: skip
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext")  # fmt: skip
-    return TLSFiles(*(os.path.join(folder, n) for n in ("ca.pem", "server.pem", "server.key")))
-
-
-class PrivateRedis:
-    """A ``redis-server`` of the test's own: another port, no persistence, stopped by pid."""
-
-    def __init__(
-        self,
-        folder: str,
-        password: str | None = None,
-        tls: TLSFiles | None = None,
-        extra: tuple[str, ...] = (),
-    ) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise RuntimeError("redis-server is not installed")
-        self.exe = exe
-        self.folder = folder
-        self.password = password
-        self.tls = tls
-        #: More redis-server arguments (a unix socket, --sentinel with its config file).
-        self.extra = extra
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        os.makedirs(folder, exist_ok=True)
-
-    def url(self, db: int = 0, ca: str | None = None) -> str:
-        """The server's URL; with TLS, ``rediss://`` trusting ``ca`` (default: its CA)."""
-        auth = f":{quote(self.password, safe='')}@" if self.password else ""
-        if self.tls is None:
-            return f"redis://{auth}127.0.0.1:{self.port}/{db}"
-        ca = self.tls.ca if ca is None else ca
-        query = f"?ssl_ca_certs={ca}" if ca else ""
-        return f"rediss://{auth}127.0.0.1:{self.port}/{db}{query}"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url(), decode_responses=True, socket_connect_timeout=2)
-
-    def start(self) -> None:
-        argv = [
-            self.exe,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            self.folder,
-            "--logfile",
-            os.path.join(self.folder, "redis.log"),
-        ]
-        if self.password:
-            argv += ["--requirepass", self.password]
-        argv += list(self.extra)
-        if self.tls is not None:
-            argv[1:3] = ["--port", "0", "--tls-port", str(self.port)]
-            argv += [
-                "--tls-cert-file",
-                self.tls.cert,
-                "--tls-key-file",
-                self.tls.key,
-                "--tls-ca-cert-file",
-                self.tls.ca,
-                "--tls-auth-clients",
-                "no",
-            ]
-        self.proc = subprocess.Popen(
-            argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        deadline = time.monotonic() + 10
-        client = self.client()
-        try:
-            while True:
-                try:
-                    client.ping()
-                    return
-                except redis.RedisError:
-                    if self.proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(
-                            f"redis-server on port {self.port} did not start"
-                        ) from None
-                    time.sleep(0.05)
-        finally:
-            client.close()
-
-    def shutdown_nosave(self) -> None:
-        """``SHUTDOWN NOSAVE``: Redis goes away and everything it held is lost."""
-        assert self.proc is not None
-        client = self.client()
-        with contextlib.suppress(redis.RedisError):
-            client.shutdown(nosave=True)
-        client.close()
-        self.proc.wait(10)
-        self.proc = None
-
-    def restart_empty(self) -> None:
-        self.shutdown_nosave()
-        self.start()
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
 
 
 @dataclass
