@@ -69,3 +69,17 @@ def test_regions_bench_sweeps_k_and_compares_like_with_like(tmp_path, redis_url)
     for goal in ("both cold: command / bincount script", "both warm: Python API / bincount pool"):
         assert goal in run.stdout
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("bench-regions-")]
+
+
+@pytest.mark.timeout(120)
+def test_finalize_bench_writes_and_checks_every_output(tmp_path):
+    """The bench compares each output with the chunks' values itself: it exits non-zero
+    on any difference."""
+    args = ("--ks", "5,40", "--chunks", "3", "--frames", "7", "--reps", "2")
+    run = run_bench("bench.finalize", *args, "--data", str(tmp_path))
+    assert run.returncode == 0, run.stderr[-4000:]
+    rows = [
+        line for line in run.stdout.splitlines() if line.startswith("| 5 |") or "| 40 |" in line
+    ]
+    assert len(rows) == 2, run.stdout
+    assert os.listdir(tmp_path) == []  # the job folders are removed
