@@ -1,10 +1,10 @@
 """Finalize: every committed chunk of a job assembled into its output file.
 
 The output is written chunk by chunk (memory bounded by one chunk's results) into a
-temporary file inside the job folder, then renamed into place by ``publish`` only if
-the finalizer still holds the job's finalize lock and the job was not cancelled: the
-output path never holds a partial file, and a finalizer paused past its lock never
-replaces what another wrote.
+temporary file inside the job folder, flushed to disk as it grows, then renamed into
+place by ``publish`` only if the finalizer still holds the job's finalize lock and the
+job was not cancelled: the output path never holds a partial file, and a finalizer
+paused past its lock never replaces what another wrote.
 """
 
 from __future__ import annotations
