@@ -159,9 +159,10 @@ def read_chunk(folder: JobFolder, spec: JobSpec, index: int) -> ChunkResult:
         _check_owner(head, spec, index, name)
         names = list(head["stats"])
         frames = spec.boundaries[index + 1] - spec.boundaries[index]
-        values = np.empty((len(names), frames, spec.n_regions), dtype="<f8")
-        if size - at != values.nbytes:
+        shape = (len(names), frames, spec.n_regions)
+        if size - at != 8 * shape[0] * shape[1] * shape[2]:  # before anything is allocated
             raise ChunkFileInvalid(f"{name} holds {size - at} bytes of values, expected others")
+        values = np.empty(shape, dtype="<f8")
         _read_exactly(fd, values.data.cast("B"), at, name)
     if zlib.crc32(values.data) != head.get("crc32"):
         raise ChunkFileInvalid(f"{name}: checksum mismatch (the file is damaged)")

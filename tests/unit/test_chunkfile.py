@@ -3,6 +3,7 @@ the same job's same chunk is taken."""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import replace
 
@@ -81,6 +82,18 @@ def test_damaged_files_are_refused_with_the_reason(folder, damage, says):
     chunkfile.write_chunk(folder, spec, result_of(spec, 0))
     _corrupt(folder, 0, damage)
     with pytest.raises(ChunkFileInvalid, match=says):
+        chunkfile.read_chunk(folder, spec, 0)
+
+
+def test_a_forged_header_is_refused_before_its_values_are_allocated(folder):
+    """A header may claim any number of statistics: the file's size is checked against
+    them before an array is made (here 5,000 x 37 x 10^6 float64, 1.5 TB)."""
+    spec = spec_of(regions=10**6)
+    head = {"job": spec.job_id, "index": 0, "range": [0, 37], "regions": 10**6,
+            "stats": list(STATS) * 834, "crc32": 0, "meta": {}}  # fmt: skip
+    raw = chunkfile.CHUNK_MAGIC + json.dumps(head).encode() + b"\n"
+    folder.write_bytes(chunkfile.chunk_name(0), raw, in_chunks=True)
+    with pytest.raises(ChunkFileInvalid, match="bytes of values"):
         chunkfile.read_chunk(folder, spec, 0)
 
 
