@@ -3,9 +3,9 @@
 Run as ``python -m bench.finalize [--ks 1000,10000] [--reps 5] [--data FOLDER]``.
 
 For each K, a job folder as the finalize finds it once every chunk is committed: the
-mask (one region per run of pixels), ``--chunks`` chunk files of ``--frames`` frames
-each with all six statistics of random float64 values, written and fsynced by
-``chunkfile.write_chunk`` as a worker writes them. Then ``worker.finalize.write``
+mask (one pixel per region) and manifest as ``producer submit`` writes them, and
+``--chunks`` chunk files of ``--frames`` frames each with all six statistics of random
+float64 values, written and fsynced by ``chunkfile.write_chunk`` as a worker writes them. Then ``worker.finalize.write``
 (read and check every chunk file, write the output under its temporary name, fsync) is
 timed ``--reps`` times; each output is checked against the chunks' values before it is
 removed. No Redis, no worker: what a finalize costs on this disk, apart from the lock,
@@ -15,7 +15,6 @@ the publish and the folder's removal.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import shutil
 import statistics
@@ -26,9 +25,9 @@ import h5py
 import numpy as np
 
 from framestats.chunkfile import ChunkResult, write_chunk
-from framestats.constants import MASK_NAME
 from framestats.jobdir import JobFolder
 from framestats.messages import JobSpec, Segment
+from framestats.submission import write_workdir
 
 STATS = ("sum", "mean", "count", "min", "max", "std")
 
@@ -46,11 +45,10 @@ def job(folder: str, k: int, chunks: int, frames: int) -> JobSpec:
 
 
 def committed(spec: JobSpec) -> tuple[JobFolder, list[ChunkResult]]:
-    """The job's folder with its mask and every chunk's file; the chunks written."""
-    folder = JobFolder.create(spec.workdir)
-    buf = io.BytesIO()
-    np.save(buf, np.arange(1, spec.n_regions + 1, dtype=np.int32).reshape(spec.frame_shape))
-    folder.write_bytes(MASK_NAME, buf.getvalue())
+    """The job's folder as ``producer submit`` makes it, and every chunk's file; the
+    chunks written."""
+    write_workdir(spec, np.arange(1, spec.n_regions + 1).reshape(spec.frame_shape))
+    folder = JobFolder.open(spec.workdir)
     results = []
     for i in range(spec.n_chunks):
         start, stop = spec.boundaries[i], spec.boundaries[i + 1]

@@ -20,7 +20,7 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .jobdir import JobFolder
+from .jobdir import JobFolder, pread_full
 
 if TYPE_CHECKING:
     import numpy as np
@@ -163,21 +163,14 @@ def read_chunk(folder: JobFolder, spec: JobSpec, index: int) -> ChunkResult:
         if size - at != 8 * shape[0] * shape[1] * shape[2]:  # before anything is allocated
             raise ChunkFileInvalid(f"{name} holds {size - at} bytes of values, expected others")
         values = np.empty(shape, dtype="<f8")
-        _read_exactly(fd, values.data.cast("B"), at, name)
+        if pread_full(fd, values.data.cast("B"), at) != values.nbytes:
+            raise ChunkFileInvalid(f"{name} ended early (written to while being read)")
     if zlib.crc32(values.data) != head.get("crc32"):
         raise ChunkFileInvalid(f"{name}: checksum mismatch (the file is damaged)")
     # Views of one array (no copy where float64 is little-endian).
     stats = {n: values[i].astype(np.float64, copy=False) for i, n in enumerate(names)}
     start, stop = spec.boundaries[index], spec.boundaries[index + 1]
     return ChunkResult(index=index, start=start, stop=stop, stats=stats, meta=head["meta"])
-
-
-def _read_exactly(fd: int, view: memoryview, offset: int, where: str) -> None:
-    while view:
-        got = os.preadv(fd, [view], offset)
-        if not got:
-            raise ChunkFileInvalid(f"{where} ended early (written to while being read)")
-        view, offset = view[got:], offset + got
 
 
 def committed(folder: JobFolder, spec: JobSpec | None = None) -> set[int]:

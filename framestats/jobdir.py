@@ -42,6 +42,19 @@ def fd_path(fd: int) -> str:
     return os.readlink(f"/proc/self/fd/{fd}")
 
 
+def pread_full(fd: int, view: memoryview, offset: int) -> int:
+    """Fill ``view`` from file offset ``offset`` (``os.preadv`` holds no lock and takes
+    any length); returns the bytes read, fewer than ``len(view)`` only where the file
+    ends: the caller says what a short file means."""
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got == 0:
+            break
+        done += got
+    return done
+
+
 def tmp_name(name: str) -> str:
     """A temporary name for ``name`` that no other writer on any host picks."""
     return f"{TMP_PREFIX}{name}.tmp-{uuid.uuid4().hex}"

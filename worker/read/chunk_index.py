@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
+from framestats.jobdir import pread_full
+
 #: Gap (bytes) between two stored chunks that one read still spans rather than split.
 MERGE_GAP = 64 * 1024
 
@@ -117,12 +119,9 @@ class ChunkIndex:
 
     def pread(self, offset: int, view: memoryview) -> None:
         """Fill ``view`` from file offset ``offset``; a short file is an OSError."""
-        done = 0
-        while done < len(view):
-            got = os.preadv(self.fd, [view[done:]], offset + done)
-            if got == 0:
-                raise OSError(f"the file ends {len(view) - done} bytes before its chunks do")
-            done += got
+        done = pread_full(self.fd, view, offset)
+        if done < len(view):
+            raise OSError(f"the file ends {len(view) - done} bytes before its chunks do")
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -32,6 +32,7 @@ import numpy as np
 
 from framestats.errors import PermanentChunkError, TransientChunkError
 from framestats.inputs.reach import check_reach, open_dataset
+from framestats.jobdir import pread_full
 from framestats.messages import JobSpec, Segment
 from framestats.paths import check_allowed
 from framestats.settings import Settings
@@ -384,12 +385,9 @@ class FrameReader:
         """
         fd, offset = direct
         view = buf.data.cast("B")
-        at, done = offset + first * buf[0].nbytes, 0
-        while done < view.nbytes:
-            got = os.preadv(fd, [view[done:]], at + done)
-            if got == 0:
-                raise OSError(f"the file ends {view.nbytes - done} bytes before these frames do")
-            done += got
+        done = pread_full(fd, view, offset + first * buf[0].nbytes)
+        if done < view.nbytes:
+            raise OSError(f"the file ends {view.nbytes - done} bytes before these frames do")
 
     def blocks(self, start: int, stop: int) -> Iterator[tuple[int, Any]]:
         """Yield (global first frame, frames) covering [start, stop); the arrays are reused.
